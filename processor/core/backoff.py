@@ -1,0 +1,32 @@
+"""Capped exponential backoff with full jitter.
+
+Reconnect loops of several instances must not hammer a recovering Redis or PostgreSQL in
+lock-step, so each wait is random in [0, min(cap, base * 2**attempt)]; the first retry is
+quick because most outages (a failover, a restart) are short.
+"""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+import trio
+
+
+@attrs.define
+class Backoff:
+    base_s: float = 0.05
+    cap_s: float = 5.0
+    attempt: int = 0
+    _random: random.Random = attrs.field(factory=random.Random, repr=False)
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap_s, self.base_s * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return self._random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    async def wait(self) -> None:
+        await trio.sleep(self.next_delay())

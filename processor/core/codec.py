@@ -1,0 +1,320 @@
+"""The position-record contract (``/work/shared/spec/position-record.md``) as code.
+
+Decoding is where untrusted bytes from another service become a typed ``Position``, so it
+is the one place that enforces the contract. It must never fail in any way other than a
+``PoisonRecord``: anything else would crash the pipeline (and a restart would re-read the
+same entry and crash again), while a poison error gets the entry dead-lettered and acked.
+That is why every check below looks at exact types (``type(v) is int`` also rejects
+``bool``, which Python counts as an ``int``) and never hashes, formats or converts a value
+it has not first checked.
+
+It runs once per record at tens of thousands of records a second, so checks are inline
+comparisons, the only regex is compiled once, and formatting happens on the error path
+only.
+
+Decisions where the contract is silent:
+
+- Integer fields (satellites, priority, event_io_id) also accept an integral float such as
+  ``12.0``: JSON and JavaScript have one number type, so ``12.0`` is the same number as
+  ``12``. ``12.5`` is poison.
+- ``event_io_id`` is at most 65535: IO ids are at most two bytes in every Teltonika codec,
+  and a bound keeps an absurd value from failing the database insert instead of being
+  dead-lettered.
+- Timestamps must have the shape JavaScript and RFC 3339 write: ``YYYY-MM-DDTHH:MM:SS``,
+  an optional fraction of 1-9 digits (truncated to microseconds), then ``Z`` or an offset
+  ``+HH:MM`` (``+HHMM`` too). Other ISO-8601 forms (week dates, basic format, no seconds)
+  and timestamps without an offset are poison, because Python's own parser is far more
+  lenient than the contract and would otherwise guess.
+- ``null`` for an optional field (``received_at``, ``codec``) means absent; ``null`` for
+  a required field is an invalid value, not a missing field.
+- Payload keys the contract does not name are ignored, like unknown stream fields, so the
+  producer can add fields without breaking this consumer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from processor.core.errors import (
+    FutureTimestamp,
+    InvalidAttribute,
+    InvalidField,
+    MalformedPayload,
+    MissingField,
+    MissingPayload,
+    UnknownVersion,
+)
+from processor.core.model import AttributeValue, Position
+
+# Largest integer a JavaScript number holds exactly; beyond it the producer must (and we
+# do) use the __bigint sentinel.
+_JS_SAFE_INT: Final = 2**53 - 1
+# Finite bounds for "any number" fields: comparisons against them reject inf, NaN and ints
+# too large to become a float, in one step.
+_FLOAT_MAX: Final = 1.7976931348623157e308
+# IO ids are at most two bytes in Codec 8E and 16.
+_IO_ID_MAX: Final = 65535
+# How much of an offending value a poison reason quotes: enough to recognise it, never a
+# whole payload in a log line or dead-letter entry.
+_SHOW_MAX: Final = 80
+
+_DEVICE_ID = re.compile(r"[0-9A-Za-z_-]{1,20}").fullmatch
+_DATETIME = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-](?:[01]\d|2[0-3]):?[0-5]\d)",
+    re.ASCII,
+).fullmatch
+_CODECS: Final = frozenset({"8", "8E", "16"})
+_MISSING: Final[Any] = object()
+
+
+def decode(fields: Mapping[bytes, bytes], *, now: datetime, future_tolerance_s: float) -> Position:
+    """Turn one stream entry into a ``Position`` or say exactly why it is poison.
+
+    ``now`` and ``future_tolerance_s`` come from the caller so the future-timestamp rule
+    uses one clock reading per batch and tests can pin it.
+
+    Raises only ``PoisonRecord`` subclasses, whatever ``fields`` holds.
+    """
+    version = fields.get(b"v")
+    if version is not None and version != b"1":
+        raise UnknownVersion(f"v: {_show_raw(version)} is not a known contract version (1)")
+    raw = fields.get(b"payload")
+    if raw is None:
+        raise MissingPayload("payload: the stream entry has no payload field")
+    try:
+        obj = orjson.loads(raw)
+    except Exception as exc:  # untrusted input: any parser failure is poison
+        raise MalformedPayload(f"payload: {_show_raw(raw)} is not JSON ({exc})") from None
+    if type(obj) is not dict:
+        raise MalformedPayload(f"payload: {_show(obj)} is not a JSON object")
+
+    device_id = obj.get("device_id", _MISSING)
+    if type(device_id) is not str or _DEVICE_ID(device_id) is None:
+        if device_id is _MISSING:
+            raise MissingField("device_id: required field is missing")
+        raise InvalidField(f"device_id: {_show(device_id)} is not 1-20 of [0-9A-Za-z_-]")
+
+    ts = _instant(obj, "timestamp")
+    if ts is None:
+        if "timestamp" in obj:
+            raise InvalidField("timestamp: null is not a date-time")
+        raise MissingField("timestamp: required field is missing")
+    if (ts - now).total_seconds() > future_tolerance_s:
+        raise FutureTimestamp(
+            f"timestamp: {_show(obj['timestamp'])} is more than {future_tolerance_s:g} s"
+            f" ahead of this processor's clock ({now.isoformat()})"
+        )
+    received_at = _instant(obj, "received_at")
+
+    latitude = _real(obj, "latitude", -90.0, 90.0)
+    longitude = _real(obj, "longitude", -180.0, 180.0)
+    altitude = _real(obj, "altitude", -_FLOAT_MAX, _FLOAT_MAX)
+    heading = _real(obj, "angle", 0.0, 360.0)
+    speed = _real(obj, "speed", -_FLOAT_MAX, _FLOAT_MAX)
+    satellites = _integer(obj, "satellites", 0, 255)
+    priority = _integer(obj, "priority", 0, 2)
+    event_io_id = _integer(obj, "event_io_id", 0, _IO_ID_MAX)
+
+    codec = obj.get("codec")
+    if codec is not None and (type(codec) is not str or codec not in _CODECS):
+        raise InvalidField(f"codec: {_show(codec)} is not one of '8', '8E', '16'")
+
+    attributes = obj.get("attributes", _MISSING)
+    if type(attributes) is not dict:
+        if attributes is _MISSING:
+            raise MissingField("attributes: required field is missing")
+        raise InvalidField(f"attributes: {_show(attributes)} is not a JSON object")
+
+    return Position(
+        device_id=device_id,
+        ts=ts,
+        latitude=latitude,
+        longitude=longitude,
+        altitude=altitude,
+        heading=heading,
+        speed=speed,
+        satellites=satellites,
+        priority=priority,
+        event_io_id=event_io_id,
+        fix_valid=not (latitude == 0 and longitude == 0 and satellites == 0),
+        attributes=_attributes(attributes),
+        received_at=received_at,
+        codec=codec,
+    )
+
+
+def encode(position: Position) -> dict[bytes, bytes]:
+    """Write a ``Position`` the way the ingestion service would publish it.
+
+    Exists so tests, the benchmark and the simulator feed the processor real contract
+    bytes rather than a second, hand-written idea of them. Timestamps are written with
+    JavaScript's millisecond precision, so only millisecond positions round-trip exactly.
+    The position is trusted: validating is ``decode``'s job (a NaN would be written as
+    ``null`` and rejected there).
+    """
+    payload: dict[str, object] = {
+        "device_id": position.device_id,
+        "timestamp": _js_time(position.ts),
+    }
+    if position.received_at is not None:
+        payload["received_at"] = _js_time(position.received_at)
+    payload.update(
+        latitude=position.latitude,
+        longitude=position.longitude,
+        altitude=position.altitude,
+        angle=position.heading,
+        satellites=position.satellites,
+        speed=position.speed,
+        priority=position.priority,
+        event_io_id=position.event_io_id,
+    )
+    if position.codec is not None:
+        payload["codec"] = position.codec
+    payload["attributes"] = {k: _sentinel(v) for k, v in position.attributes.items()}
+    return {b"payload": orjson.dumps(payload)}
+
+
+def attributes_json(attributes: Mapping[str, AttributeValue]) -> str:
+    """The JSONB text stored for a record's IO elements.
+
+    JSONB numbers are arbitrary-precision, so a 64-bit IO value is stored as the exact
+    number, not a sentinel; bytes become the text form of a ``bytea`` (``\\x`` + hex) so SQL
+    can get them back with ``decode(substr(..., 3), 'hex')``. orjson is the fast path; the
+    stdlib encoder is the fallback for the rare integer beyond 64 bits that orjson refuses.
+    """
+    try:
+        return orjson.dumps(attributes, default=_bytea_text).decode()
+    except TypeError:
+        return json.dumps(attributes, default=_bytea_text, separators=(",", ":"))
+
+
+def _instant(obj: dict[str, Any], name: str) -> datetime | None:
+    """A contract timestamp as an aware UTC datetime, or None if absent or null."""
+    value = obj.get(name)
+    if value is None:
+        return None
+    if type(value) is str and _DATETIME(value) is not None:
+        try:
+            parsed = datetime.fromisoformat(value)
+            return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass
+    raise InvalidField(
+        f"{name}: {_show(value)} is not an ISO-8601 date-time with seconds and Z or an offset"
+    )
+
+
+def _real(obj: dict[str, Any], name: str, low: float, high: float) -> float:
+    value = obj.get(name, _MISSING)
+    kind = type(value)
+    # NaN fails every comparison, so it falls through to the error like any out-of-range.
+    if (kind is float or kind is int) and low <= value <= high:
+        return float(value)
+    if value is _MISSING:
+        raise MissingField(f"{name}: required field is missing")
+    raise InvalidField(f"{name}: {_show(value)} is not a number in [{low:g}, {high:g}]")
+
+
+def _integer(obj: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = obj.get(name, _MISSING)
+    kind = type(value)
+    if kind is int and low <= value <= high:
+        return int(value)
+    if kind is float and low <= value <= high and value.is_integer():
+        return int(value)
+    if value is _MISSING:
+        raise MissingField(f"{name}: required field is missing")
+    raise InvalidField(f"{name}: {_show(value)} is not an integer in [{low}, {high}]")
+
+
+def _attributes(raw: dict[str, Any]) -> dict[str, AttributeValue]:
+    out: dict[str, AttributeValue] = {}
+    for key, value in raw.items():
+        if not (key.isdigit() and key.isascii()):
+            raise InvalidAttribute(f"attributes: key {_show(key)} is not a decimal IO id")
+        kind = type(value)
+        if kind is int:
+            out[key] = value
+        elif kind is float:
+            if not math.isfinite(value):  # orjson never yields these; keep it that way
+                raise InvalidAttribute(f"attributes[{key}]: {value!r} is not finite")
+            out[key] = value
+        elif kind is dict and len(value) == 1:
+            out[key] = _unsentinel(key, value)
+        else:
+            raise InvalidAttribute(
+                f"attributes[{key}]: {_show(value)} is not a number or a sentinel object"
+            )
+    return out
+
+
+def _unsentinel(key: str, value: dict[str, Any]) -> AttributeValue:
+    ((tag, text),) = value.items()
+    if type(text) is str:
+        if tag == "__bigint":
+            digits = text[1:] if text.startswith("-") else text
+            if digits.isdigit() and digits.isascii():
+                try:
+                    return int(text)
+                except ValueError:  # beyond Python's int-from-str digit limit
+                    pass
+        elif tag == "__buffer_b64" and len(text) % 4 == 0:
+            # validate=True rejects stray characters and misplaced padding, but not
+            # surplus padding after a whole quantum ("AQID="); the length check does.
+            try:
+                return base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                pass
+    raise InvalidAttribute(f"attributes[{key}]: {_show(value)} is not a valid sentinel")
+
+
+def _sentinel(value: AttributeValue) -> object:
+    if isinstance(value, bytes):
+        return {"__buffer_b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, int):
+        value = int(value)  # a bool would otherwise be written as true
+        if -_JS_SAFE_INT <= value <= _JS_SAFE_INT:
+            return value
+        return {"__bigint": str(value)}
+    return value
+
+
+def _js_time(moment: datetime) -> str:
+    """``Date.prototype.toJSON``'s form: UTC, milliseconds, ``Z``."""
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: the contract needs an instant")
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="milliseconds") + "Z"
+
+
+def _bytea_text(value: object) -> str:
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    raise TypeError(f"cannot store {type(value).__name__} in attributes")
+
+
+def _show(value: object) -> str:
+    """A value as JSON text, cut short: for poison reasons only (never the hot path)."""
+    if type(value) is str and len(value) > _SHOW_MAX:
+        value = value[:_SHOW_MAX]
+    try:
+        text = orjson.dumps(value).decode()
+    except Exception:  # e.g. nested too deep to print: the type will do
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= _SHOW_MAX else text[:_SHOW_MAX] + "..."
+
+
+def _show_raw(value: object) -> str:
+    """Raw stream bytes for a poison reason, cut short."""
+    if isinstance(value, bytes | bytearray | str):
+        value = value[:_SHOW_MAX]
+    return repr(value)

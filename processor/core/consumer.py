@@ -1,0 +1,137 @@
+"""The stream consumer: XREADGROUP, decode, hand over to the writer and the DLQ router.
+
+After a restart the consumer first re-reads its *own* pending entries (``0``, paged by
+id) so work it had taken before dying is finished, then reads new ones (``>``). Reads
+block in Redis, but the loop runs in a read scope that shutdown cancels, and the bridge
+cancels the in-flight ``XREADGROUP`` with it: no new reads after the signal.
+
+Backpressure: the write channel is bounded; when the writer is behind, ``send`` blocks
+and the consumer simply does not read, so entries wait in Redis, not in our memory.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import attrs
+import structlog
+import trio
+
+from processor.core.codec import decode
+from processor.core.errors import PoisonRecord
+from processor.core.health import Readiness
+from processor.core.messages import DeadLetter
+from processor.core.metrics import Metrics
+from processor.core.model import Entry, RawEntry
+from processor.core.redis_io import RedisStreams
+from processor.core.retry import RedisRetry
+from processor.core.shutdown import Shutdown
+
+
+@attrs.frozen(kw_only=True)
+class Decoder:
+    """Turns raw entries into decoded ones and dead letters (shared by consumer and claimer)."""
+
+    future_tolerance_s: float
+    metrics: Metrics
+
+    def split(self, raw: list[RawEntry], stream: str = "") -> tuple[list[Entry], list[DeadLetter]]:
+        now = datetime.now(UTC)
+        good: list[Entry] = []
+        dead: list[DeadLetter] = []
+        for item in raw:
+            if not item.fields:
+                dead.append(
+                    DeadLetter(
+                        item.entry_id,
+                        {},
+                        "trimmed",
+                        "entry was trimmed from the stream before processing",
+                        stream=stream,
+                    )
+                )
+                continue
+            try:
+                position = decode(item.fields, now=now, future_tolerance_s=self.future_tolerance_s)
+            except PoisonRecord as exc:
+                self.metrics.poison.labels(exc.kind).inc()
+                dead.append(
+                    DeadLetter(item.entry_id, item.fields, exc.kind, exc.reason, stream=stream)
+                )
+            else:
+                good.append(Entry(item.entry_id, position, item.fields, stream))
+        return good, dead
+
+
+@attrs.define(kw_only=True)
+class Consumer:
+    streams: RedisStreams
+    stream: str
+    group: str
+    name: str
+    read_count: int
+    block_ms: int
+    decoder: Decoder
+    metrics: Metrics
+    health: Readiness
+    shutdown: Shutdown
+    log: structlog.typing.FilteringBoundLogger
+    retry: RedisRetry
+
+    async def run(
+        self,
+        entries: trio.MemorySendChannel[list[Entry]],
+        dead: trio.MemorySendChannel[list[DeadLetter]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with entries, dead:
+            with self.shutdown.read_scope():
+                await self.retry(self.streams.ensure_group, self.stream, self.group)
+                self.log.info(
+                    "consumer started", stream=self.stream, group=self.group, consumer=self.name
+                )
+                self.health.ok("consumer")
+                task_status.started()
+                await self._loop(entries, dead)
+            self.health.fail("consumer", "stopped: shutting down")
+            self.log.info("consumer stopped reading")
+
+    async def _loop(
+        self,
+        entries: trio.MemorySendChannel[list[Entry]],
+        dead: trio.MemorySendChannel[list[DeadLetter]],
+    ) -> None:
+        start = "0"  # own pending entries first, then new ones
+        while True:
+            raw = await self.retry(
+                self.streams.read_group,
+                self.stream,
+                self.group,
+                self.name,
+                start,
+                self.read_count,
+                self.block_ms,
+            )
+            if start != ">":
+                if not raw:
+                    start = ">"
+                    continue
+                start = raw[-1].entry_id
+                self.metrics.delivery_retries.inc(len(raw))
+            if not raw:
+                continue
+            self.metrics.consumed.inc(len(raw))
+            self.log.debug("consumed", n=len(raw))
+            good, bad = self.decoder.split(raw, self.stream)
+            if bad:
+                for letter in bad:
+                    self.log.error(
+                        "poison record",
+                        entry_id=letter.entry_id,
+                        error_kind=letter.error_kind,
+                        error=letter.error,
+                    )
+                await dead.send(bad)
+            if good:
+                await entries.send(good)

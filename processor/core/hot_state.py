@@ -1,0 +1,77 @@
+"""Bounded per-device hot state with least-recently-seen eviction.
+
+Memory must be bounded by ``DEVICE_STATE_MAX``, not by how many trackers ever reported,
+so the map is an ``OrderedDict`` used as an LRU: every update is O(1) (lookup,
+``move_to_end``, and at most one ``popitem`` from the cold end).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+import attrs
+
+from processor.core.model import Position
+
+
+@attrs.define(slots=True)
+class DeviceState:
+    last_position: Position | None = None
+    last_seen: datetime | None = None
+    position_count_session: int = 0
+
+
+@attrs.define
+class DeviceStates:
+    capacity: int
+    _states: OrderedDict[str, DeviceState] = attrs.field(factory=OrderedDict, init=False)
+    evictions: int = attrs.field(default=0, init=False)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._states
+
+    def get(self, device_id: str) -> DeviceState | None:
+        return self._states.get(device_id)
+
+    def observe(self, position: Position, seen_at: datetime) -> DeviceState:
+        """Record a committed fix; a late fix counts but never replaces a newer one."""
+        state = self._touch(position.device_id)
+        state.last_seen = seen_at
+        state.position_count_session += 1
+        last = state.last_position
+        if last is None or position.ts > last.ts:
+            state.last_position = position
+        return state
+
+    def seed(self, device_id: str, newest: Position | None) -> None:
+        """Start a device's state from storage (rehydration) unless it is already known."""
+        if device_id in self._states:
+            return
+        self._touch(device_id).last_position = newest
+
+    def missing(self, device_ids: Iterable[str]) -> list[str]:
+        """Devices of a batch with no state yet: the ones rehydration must look up."""
+        return [d for d in dict.fromkeys(device_ids) if d not in self._states]
+
+    def items(self) -> Iterator[tuple[str, DeviceState]]:
+        return iter(self._states.items())
+
+    def _touch(self, device_id: str) -> DeviceState:
+        state = self._states.get(device_id)
+        if state is None:
+            state = self._states[device_id] = DeviceState()
+            if len(self._states) > self.capacity:
+                self._states.popitem(last=False)
+                self.evictions += 1
+        else:
+            self._states.move_to_end(device_id)
+        return state
+
+    def forget(self, device_id: str) -> bool:
+        """Drop a device's state (operator rehydrate); True when there was one."""
+        return self._states.pop(device_id, None) is not None

@@ -1,0 +1,391 @@
+"""Redis Streams adapter: every command the processor sends to Redis, Trio-side.
+
+Callers get plain Python values and one error type for "Redis cannot be reached"
+(``RedisUnavailable``), so reconnect policy lives in the components and the redis-py
+exception zoo stays here. Calls cross into asyncio through ``bridge.call`` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+import trio
+from redis.asyncio.cluster import RedisCluster
+
+from processor.core import bridge
+from processor.core.model import RawEntry
+
+# Slack on top of a blocking read's own BLOCK time before the wait counts as a hang.
+_BLOCK_GRACE_S = 5.0
+# A non-blocking command that takes longer than this means Redis is in trouble.
+_COMMAND_TIMEOUT_S = 10.0
+
+
+# Entry fields as sent to XADD: str or bytes keys and values.
+Fields = Mapping[Any, Any]
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer (refused, reset, timed out). Transient: back off and retry."""
+
+
+def _id(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(raw: Sequence[Any]) -> list[RawEntry]:
+    # A trimmed entry still in a PEL comes back with no fields (None or empty).
+    return [RawEntry(_id(entry_id), dict(fields or {})) for entry_id, fields in raw]
+
+
+def cluster_url(url: str) -> str:
+    """``redis+cluster://h:p`` -> ``redis://h:p``: the seed node redis-py's cluster takes."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.removesuffix("+cluster") + sep + rest
+
+
+@attrs.define
+class RedisStreams:
+    """Every command goes to one key (or keys sharing a hash tag), so the same calls work
+    on a single Redis and on a Redis Cluster, where redis-py routes each by its slot."""
+
+    client: aioredis.Redis | RedisCluster
+    _url: str
+
+    @classmethod
+    async def connect(cls, url: str, *, cluster: bool = False) -> RedisStreams:
+        client: aioredis.Redis | RedisCluster
+        if cluster:
+            # No socket timeout: blocking reads last up to READ_BLOCK_MS (up to 60 s) and
+            # every call already has its own deadline in ``_call``.
+            client = RedisCluster.from_url(
+                cluster_url(url),
+                socket_connect_timeout=5,
+                socket_timeout=None,
+                socket_keepalive=True,
+                health_check_interval=0,
+            )
+        else:
+            client = aioredis.Redis.from_url(
+                url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=0
+            )
+        streams = cls(client, url)
+        try:
+            await streams.ping()
+        except BaseException:
+            await streams.aclose()
+            raise
+        return streams
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            with contextlib.suppress(rexc.RedisError, OSError):
+                await bridge.call(self.client.aclose)
+
+    async def _call(
+        self, fn: Any, *args: Any, deadline_s: float = _COMMAND_TIMEOUT_S, **kwargs: Any
+    ) -> Any:
+        try:
+            with trio.fail_after(deadline_s):
+                return await bridge.call(fn, *args, **kwargs)
+        except trio.TooSlowError as exc:
+            raise RedisUnavailable(f"no answer within {deadline_s:.0f} s") from exc
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+        except (rexc.ClusterDownError, rexc.RedisClusterException) as exc:
+            # A cluster that is down, resharding or not yet reachable: wait, as for one Redis.
+            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+        except rexc.ResponseError as exc:
+            # LOADING / MASTERDOWN / READONLY while Redis restarts or fails over.
+            if str(exc).split(" ", 1)[0] in {"LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN"}:
+                raise RedisUnavailable(str(exc)) from exc
+            raise
+
+    async def ping(self) -> None:
+        await self._call(self.client.ping)
+
+    async def ensure_group(self, stream: str, group: str) -> bool:
+        """Create the group (and stream) if missing; returns True when it was created.
+
+        A new group starts at ``0`` so records published before the first deploy are
+        stored too; re-reading is harmless because writes are idempotent.
+        """
+        try:
+            await self._call(self.client.xgroup_create, stream, group, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    async def read_group(
+        self, stream: str, group: str, consumer: str, start: str, count: int, block_ms: int
+    ) -> list[RawEntry]:
+        reply = await self._call(
+            self.client.xreadgroup,
+            group,
+            consumer,
+            {stream: start},
+            count=count,
+            block=block_ms,
+            deadline_s=block_ms / 1000 + _BLOCK_GRACE_S,
+        )
+        if not reply:
+            return []
+        _, raw = reply[0]
+        return _entries(raw)
+
+    async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return int(await self._call(self.client.xack, stream, group, *ids))
+
+    async def group_stats(self, stream: str, group: str) -> tuple[int | None, int]:
+        """(lag, pending) of the group from XINFO GROUPS; lag is None when Redis can't tell."""
+        try:
+            groups = await self._call(self.client.xinfo_groups, stream)
+        except rexc.ResponseError as exc:
+            if "no such key" in str(exc):  # the consumer has not created the stream yet
+                return None, 0
+            raise
+        for info in groups:
+            if _id(info["name"]) == group:
+                lag = info.get("lag")
+                return (None if lag is None else int(lag)), int(info["pending"])
+        return None, 0
+
+    async def length(self, stream: str) -> int:
+        return int(await self._call(self.client.xlen, stream))
+
+    async def dead_letter(
+        self, stream: str, group: str, dlq: str, records: Sequence[tuple[str, Fields]]
+    ) -> None:
+        """XADD each record to the DLQ and XACK it on the main stream, in one MULTI.
+
+        The transaction makes add and ack one step: a crash can leave the entry pending
+        (and it is dead-lettered again: a duplicate in the DLQ, never a loss), but never
+        acked without its dead letter.
+        """
+
+        async def transaction() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for _, fields in records:
+                    pipe.xadd(dlq, dict(fields))
+                pipe.xack(stream, group, *(entry_id for entry_id, _ in records))
+                await pipe.execute()
+
+        if records:
+            await self._call(transaction)
+
+    async def autoclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, start: str, count: int
+    ) -> tuple[str, list[RawEntry], list[str]]:
+        """XAUTOCLAIM: (next start id, claimed entries, ids deleted from the stream)."""
+        reply = await self._call(
+            self.client.xautoclaim,
+            stream,
+            group,
+            consumer,
+            min_idle_ms,
+            start_id=start,
+            count=count,
+        )
+        next_start, raw, *rest = reply
+        deleted = [_id(i) for i in rest[0]] if rest else []
+        return _id(next_start), _entries(raw), deleted
+
+    async def delivery_counts(self, stream: str, group: str, ids: Sequence[str]) -> dict[str, int]:
+        """Times each entry was delivered (XPENDING extended form over the id range)."""
+        if not ids:
+            return {}
+        rows = await self._call(
+            self.client.xpending_range,
+            stream,
+            group,
+            min=min(ids, key=_id_key),
+            max=max(ids, key=_id_key),
+            count=len(ids) * 4 + 16,
+        )
+        wanted = set(ids)
+        return {
+            _id(r["message_id"]): int(r["times_delivered"])
+            for r in rows
+            if _id(r["message_id"]) in wanted
+        }
+
+    async def pending_entries(
+        self, stream: str, group: str, count: int, consumer: str | None = None
+    ) -> list[dict[str, Any]]:
+        rows = await self._call(
+            self.client.xpending_range,
+            stream,
+            group,
+            min="-",
+            max="+",
+            count=count,
+            consumername=consumer,
+        )
+        return [
+            {
+                "id": _id(r["message_id"]),
+                "consumer": _id(r["consumer"]),
+                "idle_ms": int(r["time_since_delivered"]),
+                "deliveries": int(r["times_delivered"]),
+            }
+            for r in rows
+        ]
+
+    async def consumers(self, stream: str, group: str) -> list[dict[str, Any]]:
+        rows = await self._call(self.client.xinfo_consumers, stream, group)
+        return [
+            {
+                "name": _id(r["name"]),
+                "pending": int(r["pending"]),
+                "idle_ms": int(r["idle"]),
+                "inactive_ms": int(r.get("inactive", r["idle"])),
+            }
+            for r in rows
+        ]
+
+    async def delete_consumer(self, stream: str, group: str, consumer: str) -> int:
+        return int(await self._call(self.client.xgroup_delconsumer, stream, group, consumer))
+
+    async def groups(self, stream: str) -> list[dict[str, Any]]:
+        rows = await self._call(self.client.xinfo_groups, stream)
+        return [
+            {
+                "name": _id(r["name"]),
+                "consumers": int(r["consumers"]),
+                "pending": int(r["pending"]),
+                "last_delivered_id": _id(r["last-delivered-id"]),
+                "lag": None if r.get("lag") is None else int(r["lag"]),
+            }
+            for r in rows
+        ]
+
+    async def range(
+        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[RawEntry]:
+        return _entries(await self._call(self.client.xrange, stream, start, end, count=count))
+
+    async def add(self, stream: str, fields: Fields) -> str:
+        return _id(await self._call(self.client.xadd, stream, dict(fields)))
+
+    async def delete(self, stream: str, ids: Sequence[str]) -> int:
+        return int(await self._call(self.client.xdel, stream, *ids)) if ids else 0
+
+    # Operator commands (processor.operator) and the control channel (core.control).
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._call(self.client.exists, key))
+
+    async def newest_id(self, stream: str) -> str | None:
+        """Id of the stream's last entry, or None when it is empty (XREVRANGE + - COUNT 1)."""
+        raw = await self._call(self.client.xrevrange, stream, "+", "-", count=1)
+        return _id(raw[0][0]) if raw else None
+
+    async def pending_page(
+        self, stream: str, group: str, start: str, count: int, consumer: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Like ``pending_entries`` but from ``start`` (``(id`` excludes it), for paging."""
+        rows = await self._call(
+            self.client.xpending_range,
+            stream,
+            group,
+            min=start,
+            max="+",
+            count=count,
+            consumername=consumer,
+        )
+        return [
+            {
+                "id": _id(r["message_id"]),
+                "consumer": _id(r["consumer"]),
+                "idle_ms": int(r["time_since_delivered"]),
+                "deliveries": int(r["times_delivered"]),
+            }
+            for r in rows
+        ]
+
+    async def claim_ids(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        ids: Sequence[str],
+        *,
+        min_idle_ms: int,
+        idle_ms: int,
+    ) -> list[str]:
+        """XCLAIM ... IDLE JUSTID: hand entries over without counting a delivery.
+
+        Returns the ids now owned by ``consumer``; an entry deleted from the stream is
+        dropped from the pending list by Redis and not returned.
+        """
+        if not ids:
+            return []
+        reply = await self._call(
+            self.client.xclaim,
+            stream,
+            group,
+            consumer,
+            min_idle_ms,
+            list(ids),
+            idle=idle_ms,
+            justid=True,
+        )
+        return [_id(i) for i in reply]
+
+    async def trim_before(self, stream: str, min_id: str) -> int:
+        """XTRIM MINID (exact): delete every entry whose id is lower than ``min_id``."""
+        return int(await self._call(self.client.xtrim, stream, minid=min_id, approximate=False))
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        """PUBLISH; returns how many subscribers received the message."""
+        return int(await self._call(self.client.publish, channel, message))
+
+    async def subscribe(self, channel: str) -> aioredis.client.PubSub:
+        """A pub/sub connection subscribed to ``channel``, returned once Redis confirmed."""
+        pubsub = self.client.pubsub()
+        try:
+            await self._call(pubsub.subscribe, channel)
+            with trio.move_on_after(_COMMAND_TIMEOUT_S):
+                while True:
+                    reply = await self._call(pubsub.get_message, timeout=1.0)
+                    if reply is not None and reply["type"] in {"subscribe", b"subscribe"}:
+                        return pubsub
+            raise RedisUnavailable(f"SUBSCRIBE not confirmed within {_COMMAND_TIMEOUT_S:.0f} s")
+        except BaseException:
+            await self.unsubscribe(pubsub)
+            raise
+
+    async def next_message(self, pubsub: aioredis.client.PubSub, timeout_s: float) -> bytes | None:
+        """The next published message's data, or None after ``timeout_s`` without one."""
+        reply = await self._call(
+            pubsub.get_message,
+            ignore_subscribe_messages=True,
+            timeout=timeout_s,
+            deadline_s=timeout_s + _BLOCK_GRACE_S,
+        )
+        if reply is None or reply["type"] not in {"message", b"message"}:
+            return None
+        data = reply["data"]
+        return data if isinstance(data, bytes) else str(data).encode()
+
+    async def unsubscribe(self, pubsub: aioredis.client.PubSub) -> None:
+        """Close a pub/sub connection; never raises, bounded even when Redis is gone."""
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            with contextlib.suppress(rexc.RedisError, OSError):
+                await bridge.call(pubsub.aclose)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,54 @@
+"""The panic dump: what the process knew when it crashed, written before it exits.
+
+A crash in a long-running daemon is investigated after the fact; the traceback alone
+does not say which devices were in flight or how far behind the group was. The dump is
+one JSON file per crash in ``PANIC_DUMP_DIR`` (small: counts and the newest fix per
+device, capped), written synchronously because the event loop may be unusable.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+
+from processor.config import Settings
+from processor.core.health import Readiness
+from processor.core.hot_state import DeviceStates
+
+# Enough devices to see a pattern without writing a huge file while crashing.
+DUMP_DEVICES_MAX = 1000
+
+
+def write_panic_dump(
+    directory: str, exc: BaseException, settings: Settings, states: DeviceStates, health: Readiness
+) -> Path:
+    now = datetime.now(UTC)
+    devices: dict[str, Any] = {}
+    for device_id, state in islice(states.items(), DUMP_DEVICES_MAX):
+        last = state.last_position
+        devices[device_id] = {
+            "last_ts": last.ts.isoformat() if last else None,
+            "last_seen": state.last_seen.isoformat() if state.last_seen else None,
+            "position_count_session": state.position_count_session,
+        }
+    dump = {
+        "at": now.isoformat(),
+        "pid": os.getpid(),
+        "error": repr(exc),
+        "traceback": traceback.format_exception(exc),
+        "settings": attrs.asdict(settings),
+        "readiness_problems": health.problems(),
+        "device_states": len(states),
+        "devices": devices,
+    }
+    path = Path(directory) / f"processor-panic-{now:%Y%m%dT%H%M%S}-{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(dump, default=str, option=orjson.OPT_INDENT_2))
+    return path

@@ -1,0 +1,1 @@
+"""Chaos: everything fails at random moments during a steady load; nothing may be lost."""

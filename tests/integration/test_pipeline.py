@@ -1,0 +1,215 @@
+"""The pipeline end to end, in-process: real Redis, real PostgreSQL, the real nursery tree."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import attrs
+import httpx
+import psycopg
+import pytest
+import redis
+import trio
+
+from processor import config, exit_codes
+from processor.app import App
+from processor.logs import make_logger
+from tests.helpers import (
+    BASE_TIME,
+    count_rows,
+    group_pending,
+    make_position,
+    publish,
+    publish_fields,
+    wait_for,
+)
+
+
+@attrs.define
+class Running:
+    app: App
+    exit_code: list[int]
+
+    async def stop(self) -> int:
+        self.app.shutdown.begin("test")
+        await wait_for(lambda: bool(self.exit_code), 15, what="app exit")
+        return self.exit_code[0]
+
+
+@pytest.fixture
+async def running(settings: config.Settings, nursery: trio.Nursery) -> AsyncIterator[Running]:
+    app = App.create(settings, make_logger("warning"))
+    exit_code: list[int] = []
+
+    async def run() -> None:
+        exit_code.append(await app.run())
+
+    nursery.start_soon(run)
+    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    assert not exit_code, f"app exited early with {exit_code}"
+    yield Running(app, exit_code)
+    if not exit_code:
+        await Running(app, exit_code).stop()
+
+
+def _prefix() -> str:
+    return f"T{uuid.uuid4().hex[:10]}"
+
+
+async def test_records_become_rows_byte_for_byte(
+    running: Running, settings: config.Settings, sync_redis: redis.Redis
+) -> None:
+    prefix = _prefix()
+    positions = [make_position(f"{prefix}-{d}", second=s) for d in range(5) for s in range(20)]
+    publish(sync_redis, settings.telemetry_stream, positions)
+
+    await wait_for(
+        lambda: count_rows(settings.postgres_url, prefix) == len(positions), what="all rows"
+    )
+    await wait_for(
+        lambda: group_pending(sync_redis, settings.telemetry_stream) == 0, what="all acked"
+    )
+
+    with psycopg.connect(settings.postgres_url) as conn:
+        row = conn.execute(
+            "SELECT device_id, ts, latitude, longitude, altitude, heading, speed, satellites,"
+            " priority, event_io_id, fix_valid, attributes::text, received_at,"
+            " attributes->>'16', decode(substr(attributes->>'10', 3), 'hex')"
+            " FROM positions WHERE device_id = %s AND ts = %s",
+            (f"{prefix}-3", BASE_TIME + timedelta(seconds=7)),
+        ).fetchone()
+    assert row is not None
+    p = make_position(f"{prefix}-3", second=7)
+    assert row[:11] == (
+        p.device_id,
+        p.ts,
+        p.latitude,
+        p.longitude,
+        p.altitude,
+        p.heading,
+        p.speed,
+        p.satellites,
+        p.priority,
+        p.event_io_id,
+        True,
+    )
+    assert json.loads(row[11]) == {
+        "239": 1,
+        "66": 12850,
+        "16": 18446744073709551615,
+        "10": "\\x010203",
+    }
+    assert row[12] == p.received_at
+    assert row[13] == "18446744073709551615"
+    assert row[14] == b"\x01\x02\x03"
+
+    state = running.app.states.get(f"{prefix}-3")
+    assert state is not None
+    assert state.last_position is not None
+    assert state.last_position.ts == BASE_TIME + timedelta(seconds=19)
+    assert state.position_count_session == 20
+
+
+async def test_redelivery_creates_no_duplicates(
+    running: Running, settings: config.Settings, sync_redis: redis.Redis
+) -> None:
+    prefix = _prefix()
+    positions = [make_position(f"{prefix}-{d}", second=s) for d in range(3) for s in range(10)]
+    publish(sync_redis, settings.telemetry_stream, positions)
+    await wait_for(lambda: count_rows(settings.postgres_url, prefix) == 30, what="first copy")
+    publish(sync_redis, settings.telemetry_stream, positions + positions[:5])
+    rows = running.app.metrics.rows
+    await wait_for(lambda: rows.labels("duplicate")._value.get() >= 35, what="duplicates seen")
+    await wait_for(
+        lambda: group_pending(sync_redis, settings.telemetry_stream) == 0, what="all acked"
+    )
+    assert count_rows(settings.postgres_url, prefix) == 30
+    assert rows.labels("inserted")._value.get() == 30
+    assert rows.labels("failed")._value.get() == 0
+
+
+async def test_poison_is_dead_lettered_with_reason_and_acked(
+    running: Running, settings: config.Settings, sync_redis: redis.Redis
+) -> None:
+    prefix = _prefix()
+    good = make_position(f"{prefix}-ok")
+    publish(sync_redis, settings.telemetry_stream, [good])
+    ids = publish_fields(
+        sync_redis,
+        settings.telemetry_stream,
+        [
+            {b"payload": b"{not json", b"trace": b"abc"},
+            {b"payload": json.dumps({"device_id": "bad id!"}).encode()},
+            {b"v": b"2", b"payload": b"{}"},
+        ],
+    )
+    dlq = settings.dlq_stream_key
+    await wait_for(lambda: sync_redis.xlen(dlq) == 3, what="3 dead letters")
+    await wait_for(
+        lambda: group_pending(sync_redis, settings.telemetry_stream) == 0, what="poison acked"
+    )
+    letters = {f[b"source_id"].decode(): f for _, f in sync_redis.xrange(dlq)}
+    assert set(letters) == set(ids)
+    first = letters[ids[0]]
+    assert first[b"payload"] == b"{not json"
+    assert first[b"trace"] == b"abc"
+    assert first[b"error_kind"] == b"malformed_payload"
+    assert first[b"source_stream"] == settings.telemetry_stream.encode()
+    assert first[b"group"] == b"processor"
+    assert first[b"consumer"] == settings.consumer_name.encode()
+    assert first[b"delivery_count"] == b"1"
+    assert first[b"failed_at"].endswith(b"Z")
+    assert letters[ids[1]][b"error_kind"] in {b"invalid_field", b"missing_field"}
+    assert letters[ids[2]][b"error_kind"] == b"unknown_version"
+    assert count_rows(settings.postgres_url, prefix) == 1
+
+
+async def test_http_endpoints(
+    running: Running, settings: config.Settings, sync_redis: redis.Redis
+) -> None:
+    url = running.app.http_url
+    assert url is not None
+    async with httpx.AsyncClient(base_url=url) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, "ready before the first record arrives"
+    publish(sync_redis, settings.telemetry_stream, [make_position(_prefix())])
+    await wait_for(lambda: running.app.metrics.acked._value.get() >= 1, what="one ack")
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = (await client.get("/metrics")).text
+        for name in (
+            "processor_records_consumed_total",
+            "processor_rows_total",
+            "processor_batch_write_seconds_bucket",
+            "processor_end_to_end_seconds",
+            "processor_group_lag_entries",
+            "processor_group_pending_entries",
+            "processor_device_states",
+            "processor_reconnects_total",
+        ):
+            assert name in body, name
+        running.app.shutdown.begin("test")
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert "shutdown" in not_ready.json()["reasons"]
+    assert await running.stop() == exit_codes.OK
+
+
+async def test_late_fix_does_not_replace_newer_state(
+    running: Running, settings: config.Settings, sync_redis: redis.Redis
+) -> None:
+    device = f"{_prefix()}-late"
+    publish(sync_redis, settings.telemetry_stream, [make_position(device, second=100)])
+    await wait_for(lambda: device in running.app.states, what="device state")
+    publish(sync_redis, settings.telemetry_stream, [make_position(device, second=5)])
+    await wait_for(lambda: count_rows(settings.postgres_url, device) == 2, what="late row")
+    state = running.app.states.get(device)
+    assert state is not None
+    assert state.last_position is not None
+    assert state.last_position.ts == BASE_TIME + timedelta(seconds=100)
+    await wait_for(lambda: state.position_count_session == 2, what="count")

@@ -1,0 +1,609 @@
+"""The codec against the position-record contract.
+
+Each poison rule has a case here because the dead-letter stream is only useful if the
+reason names the field an operator has to fix. The property tests exist because the
+decoder's real promise is negative: no input, however broken, may raise anything but a
+PoisonRecord (anything else would crash the pipeline on the same entry forever).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processor.core import codec
+from processor.core.errors import (
+    POISON_KINDS,
+    FutureTimestamp,
+    InvalidAttribute,
+    InvalidField,
+    MalformedPayload,
+    MissingField,
+    MissingPayload,
+    PoisonRecord,
+    UnknownVersion,
+)
+from processor.core.model import Position
+
+NOW = datetime(2026, 5, 12, 9, 35, 0, tzinfo=UTC)
+TOLERANCE_S = 600.0
+
+# Verbatim from the contract.
+EXAMPLE_PAYLOAD = b"""{
+  "device_id": "356307042441013",
+  "timestamp": "2026-05-12T09:31:02.000Z",
+  "received_at": "2026-05-12T09:31:03.412Z",
+  "latitude": 41.3279533,
+  "longitude": 19.8186983,
+  "altitude": 110,
+  "angle": 270,
+  "satellites": 12,
+  "speed": 87,
+  "priority": 0,
+  "event_io_id": 0,
+  "codec": "8E",
+  "attributes": {
+    "239": 1,
+    "66": 12850,
+    "16": {"__bigint": "18446744073709551615"},
+    "10": {"__buffer_b64": "AQID"}
+  }
+}"""
+
+EXAMPLE_POSITION = Position(
+    device_id="356307042441013",
+    ts=datetime(2026, 5, 12, 9, 31, 2, tzinfo=UTC),
+    received_at=datetime(2026, 5, 12, 9, 31, 3, 412000, tzinfo=UTC),
+    latitude=41.3279533,
+    longitude=19.8186983,
+    altitude=110.0,
+    heading=270.0,
+    satellites=12,
+    speed=87.0,
+    priority=0,
+    event_io_id=0,
+    codec="8E",
+    fix_valid=True,
+    attributes={"239": 1, "66": 12850, "16": 18446744073709551615, "10": b"\x01\x02\x03"},
+)
+
+REQUIRED = [
+    "device_id",
+    "timestamp",
+    "latitude",
+    "longitude",
+    "altitude",
+    "angle",
+    "satellites",
+    "speed",
+    "priority",
+    "event_io_id",
+    "attributes",
+]
+
+
+def example() -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(EXAMPLE_PAYLOAD)
+    return result
+
+
+def decode_payload(payload: dict[str, Any] | bytes, **extra: bytes) -> Position:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    fields = {b"payload": raw, **{k.encode(): v for k, v in extra.items()}}
+    return codec.decode(fields, now=NOW, future_tolerance_s=TOLERANCE_S)
+
+
+def with_field(name: str, value: Any) -> dict[str, Any]:
+    payload = example()
+    payload[name] = value
+    return payload
+
+
+def with_attribute(key: str, value: Any) -> dict[str, Any]:
+    payload = example()
+    payload["attributes"][key] = value
+    return payload
+
+
+def assert_poison(payload: dict[str, Any] | bytes, error: type[PoisonRecord], name: str) -> None:
+    with pytest.raises(error) as caught:
+        decode_payload(payload)
+    assert type(caught.value) is error
+    assert name in caught.value.reason
+    assert len(caught.value.reason) < 400
+
+
+# --- accepted records -------------------------------------------------------------------
+
+
+def test_contract_example_decodes_exactly() -> None:
+    position = decode_payload(EXAMPLE_PAYLOAD)
+    assert position == EXAMPLE_POSITION
+    assert type(position.attributes["16"]) is int
+    assert position.ts.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-05-12T11:31:02.000+02:00",
+        "2026-05-12T11:31:02+0200",
+        "2026-05-12T04:01:02.000-05:30",
+        "2026-05-12T09:31:02Z",
+        "2026-05-12T09:31:02.000000-00:00",
+    ],
+)
+def test_offset_timestamps_are_normalised_to_utc(text: str) -> None:
+    position = decode_payload(with_field("timestamp", text))
+    assert position.ts == datetime(2026, 5, 12, 9, 31, 2, tzinfo=UTC)
+    assert position.ts.tzinfo is UTC
+    assert position.ts.utcoffset() == timedelta(0)
+
+
+def test_sub_microsecond_fraction_is_truncated() -> None:
+    position = decode_payload(with_field("timestamp", "2026-05-12T09:31:02.123456789Z"))
+    assert position.ts == datetime(2026, 5, 12, 9, 31, 2, 123456, tzinfo=UTC)
+
+
+def test_no_fix_record_is_marked() -> None:
+    payload = example() | {"latitude": 0, "longitude": 0.0, "satellites": 0}
+    assert decode_payload(payload).fix_valid is False
+
+
+def test_zero_position_with_satellites_is_a_fix() -> None:
+    payload = example() | {"latitude": 0, "longitude": 0, "satellites": 3}
+    assert decode_payload(payload).fix_valid is True
+
+
+def test_integral_float_is_accepted_for_integer_fields() -> None:
+    position = decode_payload(example() | {"satellites": 12.0, "event_io_id": 2e2})
+    assert (position.satellites, position.event_io_id) == (12, 200)
+    assert type(position.satellites) is int
+
+
+def test_optional_fields_absent_or_null() -> None:
+    payload = example()
+    del payload["received_at"], payload["codec"]
+    position = decode_payload(payload)
+    assert position.received_at is None
+    assert position.codec is None
+    position = decode_payload(example() | {"received_at": None, "codec": None})
+    assert position.received_at is None
+    assert position.codec is None
+
+
+def test_version_one_and_unknown_stream_fields_and_payload_keys_are_accepted() -> None:
+    payload = example() | {"firmware": "03.28.07"}
+    assert decode_payload(payload, v=b"1", trace=b"x") == EXAMPLE_POSITION
+
+
+def test_sentinel_edge_values() -> None:
+    payload = example()
+    payload["attributes"] = {
+        "1": {"__bigint": "-18446744073709551616"},
+        "2": {"__bigint": "5"},
+        "3": {"__buffer_b64": ""},
+        "4": 1e21,
+        "5": -0.5,
+        "6": 18446744073709551615,
+    }
+    assert decode_payload(payload).attributes == {
+        "1": -18446744073709551616,
+        "2": 5,
+        "3": b"",
+        "4": 1e21,
+        "5": -0.5,
+        "6": 18446744073709551615,
+    }
+
+
+def test_timestamp_within_tolerance_is_accepted() -> None:
+    ahead = (NOW + timedelta(seconds=TOLERANCE_S - 1)).isoformat()
+    assert decode_payload(with_field("timestamp", ahead)).ts > NOW
+
+
+# --- poison rules -----------------------------------------------------------------------
+
+
+def test_missing_payload() -> None:
+    with pytest.raises(MissingPayload, match="payload"):
+        codec.decode({b"v": b"1"}, now=NOW, future_tolerance_s=TOLERANCE_S)
+
+
+@pytest.mark.parametrize("version", [b"2", b"", b"01", b"1 ", b"\xff"])
+def test_unknown_version(version: bytes) -> None:
+    fields = {b"payload": EXAMPLE_PAYLOAD, b"v": version}
+    with pytest.raises(UnknownVersion, match=r"^v: "):
+        codec.decode(fields, now=NOW, future_tolerance_s=TOLERANCE_S)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe{}",
+        b'{"device_id": "\xc3\x28"}',
+        b"{",
+        b"",
+        b"NaN",
+        b'{"latitude": Infinity}',
+        b'{"latitude": 1e400}',
+        b"[1, 2]",
+        b'"text"',
+        b"null",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 5000 + b"1" + b"}" * 5000,
+    ],
+)
+def test_malformed_payload(raw: bytes) -> None:
+    assert_poison(raw, MalformedPayload, "payload")
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_missing_required_field(name: str) -> None:
+    payload = example()
+    del payload[name]
+    assert_poison(payload, MissingField, name)
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_null_required_field_is_invalid(name: str) -> None:
+    assert_poison(with_field(name, None), InvalidField, name)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "x" * 21, "356 307", "IMEI:1", "ÄBC", "٣٥٦", 356307042441013, True, ["a"]]
+)
+def test_invalid_device_id(value: Any) -> None:
+    assert_poison(with_field("device_id", value), InvalidField, "device_id")
+
+
+BAD_TIMESTAMPS = [
+    "2026-05-12T09:31:02.000",  # naive
+    "2026-05-12",
+    "2026-05-12T09:31Z",
+    "2026-05-12 09:31:02Z",
+    "2026-05-12x09:31:02Z",
+    "20260512T093102Z",
+    "2026-W19-2T09:31:02Z",
+    "2026-05-12T09:31:02.000z",
+    "2026-05-12T09:31:02.000Z\x00",
+    "2026-13-01T00:00:00Z",
+    "2026-02-30T00:00:00Z",
+    "2026-05-12T24:00:00Z",
+    "2026-05-12T09:31:02+24:00",
+    "2026-05-12T09:31:02.1234567890Z",
+    "0001-01-01T00:00:00+01:00",  # before year 1 once in UTC
+    "9999-12-31T23:59:59-01:00",  # after year 9999 once in UTC
+    "yesterday",
+    1778578262000,
+    True,
+    {"$date": "2026-05-12T09:31:02.000Z"},
+]
+
+
+@pytest.mark.parametrize("value", BAD_TIMESTAMPS)
+def test_invalid_timestamp(value: Any) -> None:
+    assert_poison(with_field("timestamp", value), InvalidField, "timestamp")
+
+
+@pytest.mark.parametrize("value", BAD_TIMESTAMPS)
+def test_invalid_received_at(value: Any) -> None:
+    assert_poison(with_field("received_at", value), InvalidField, "received_at")
+
+
+def test_future_timestamp() -> None:
+    ahead = (NOW + timedelta(seconds=TOLERANCE_S + 1)).isoformat()
+    assert_poison(with_field("timestamp", ahead), FutureTimestamp, "timestamp")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("latitude", 90.0001),
+        ("latitude", -91),
+        ("latitude", "41.3"),
+        ("latitude", True),
+        ("latitude", 1e300),
+        ("longitude", 180.5),
+        ("longitude", -181),
+        ("longitude", False),
+        ("longitude", [19.8]),
+        ("altitude", "110"),
+        ("altitude", True),
+        ("altitude", {"m": 110}),
+        ("angle", -1),
+        ("angle", 360.5),
+        ("angle", True),
+        ("speed", "87"),
+        ("speed", False),
+        ("satellites", 256),
+        ("satellites", -1),
+        ("satellites", 12.5),
+        ("satellites", True),
+        ("satellites", "12"),
+        ("priority", 3),
+        ("priority", -1),
+        ("priority", 0.5),
+        ("priority", False),
+        ("event_io_id", -1),
+        ("event_io_id", 1.5),
+        ("event_io_id", 65536),
+        ("event_io_id", 18446744073709551615),
+        ("event_io_id", True),
+        ("codec", "8e"),
+        ("codec", "9"),
+        ("codec", 8),
+        ("codec", ["8E"]),
+        ("codec", {"8E": 1}),
+        ("attributes", []),
+        ("attributes", "239=1"),
+        ("attributes", 0),
+    ],
+)
+def test_invalid_field(name: str, value: Any) -> None:
+    assert_poison(with_field(name, value), InvalidField, name)
+
+
+@pytest.mark.parametrize("key", ["", "abc", "-1", "1.5", " 1", "١٢", "²", "0x10"])
+def test_invalid_attribute_key(key: str) -> None:
+    assert_poison(with_attribute(key, 1), InvalidAttribute, "attributes")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1",
+        True,
+        None,
+        [],
+        [1],
+        {},
+        {"x": 1},
+        {"__bigint": "1", "x": 1},
+        {"__bigint": "1", "__buffer_b64": "AQID"},
+        {"__bigint": "1.5"},
+        {"__bigint": "+1"},
+        {"__bigint": " 1"},
+        {"__bigint": ""},
+        {"__bigint": "-"},
+        {"__bigint": "1e5"},
+        {"__bigint": "٣"},
+        {"__bigint": "1" * 5000},
+        {"__bigint": 12},
+        {"__bigint": None},
+        {"__buffer_b64": "AQI"},
+        {"__buffer_b64": "AQID="},
+        {"__buffer_b64": "AQ==AQ=="},
+        {"__buffer_b64": "!!!!"},
+        {"__buffer_b64": "AQID\n"},
+        {"__buffer_b64": "AQ-_"},
+        {"__buffer_b64": "é"},
+        {"__buffer_b64": 5},
+        {"__buffer_b64": ["AQID"]},
+        {"__BIGINT": "1"},
+    ],
+)
+def test_invalid_attribute_value(value: Any) -> None:
+    assert_poison(with_attribute("16", value), InvalidAttribute, "attributes[16]")
+
+
+def test_reason_quotes_long_values_truncated() -> None:
+    with pytest.raises(InvalidField) as caught:
+        decode_payload(with_field("device_id", "é" * 100_000))
+    assert caught.value.reason.startswith("device_id: ")
+    assert len(caught.value.reason) < 200
+
+
+def test_reason_survives_values_too_deep_to_print() -> None:
+    deep = b'{"device_id": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    assert_poison(deep, InvalidField, "device_id")
+    deep_attribute = EXAMPLE_PAYLOAD.replace(b'"239": 1', b'"239": ' + b"[" * 1000 + b"]" * 1000)
+    assert_poison(deep_attribute, InvalidAttribute, "attributes[239]")
+
+
+def test_every_raised_kind_is_registered() -> None:
+    # The dead-letter router labels metrics by kind; an unregistered type would be unseen.
+    assert {MissingPayload, UnknownVersion, MalformedPayload, MissingField} <= set(POISON_KINDS)
+    assert {InvalidField, InvalidAttribute, FutureTimestamp} <= set(POISON_KINDS)
+
+
+# --- encode and attributes_json ---------------------------------------------------------
+
+
+def test_encode_writes_the_contract_form() -> None:
+    position = attrs.evolve(
+        EXAMPLE_POSITION,
+        ts=datetime(2026, 5, 12, 11, 31, 2, 123999, tzinfo=timezone(timedelta(hours=2))),
+        attributes={"1": 2**53 - 1, "2": 2**53, "3": -(2**53), "4": b"\x01\x02\x03"},
+    )
+    fields = codec.encode(position)
+    assert set(fields) == {b"payload"}
+    payload = json.loads(fields[b"payload"])
+    assert payload["timestamp"] == "2026-05-12T09:31:02.123Z"
+    assert payload["received_at"] == "2026-05-12T09:31:03.412Z"
+    assert payload["angle"] == 270.0
+    assert payload["attributes"] == {
+        "1": 2**53 - 1,
+        "2": {"__bigint": str(2**53)},
+        "3": {"__bigint": str(-(2**53))},
+        "4": {"__buffer_b64": "AQID"},
+    }
+
+
+def test_attributes_json_reverses_sentinels() -> None:
+    text = codec.attributes_json(EXAMPLE_POSITION.attributes)
+    assert json.loads(text) == {
+        "239": 1,
+        "66": 12850,
+        "16": 18446744073709551615,
+        "10": "\\x010203",
+    }
+    assert '"\\\\x010203"' in text  # JSON-escaped backslash, so ->> yields \x010203
+
+
+def test_attributes_json_beyond_64_bits() -> None:
+    text = codec.attributes_json({"1": 2**70, "2": -(2**64), "3": b"\xff\x00", "4": 0.1})
+    assert json.loads(text) == {"1": 2**70, "2": -(2**64), "3": "\\xff00", "4": 0.1}
+
+
+# --- properties -------------------------------------------------------------------------
+
+EDGE_INTS = [0, 2**53 - 1, 2**53, -(2**53 - 1), -(2**53), 2**63 - 1, 2**63, 2**64 - 1, 2**64]
+attribute_values = st.one_of(
+    st.integers(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.sampled_from(EDGE_INTS + [-i for i in EDGE_INTS]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.binary(max_size=40),
+)
+attribute_maps = st.dictionaries(
+    st.from_regex(r"[0-9]{1,5}", fullmatch=True), attribute_values, max_size=8
+)
+ms_datetimes = st.datetimes(
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
+).map(lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000))
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def positions(draw: st.DrawFn) -> Position:
+    latitude = draw(st.floats(-90, 90) | st.just(0.0))
+    longitude = draw(st.floats(-180, 180) | st.just(0.0))
+    satellites = draw(st.integers(0, 255) | st.just(0))
+    return Position(
+        device_id=draw(st.from_regex(r"[0-9A-Za-z_-]{1,20}", fullmatch=True)),
+        ts=draw(ms_datetimes),
+        received_at=draw(st.none() | ms_datetimes),
+        latitude=latitude,
+        longitude=longitude,
+        altitude=draw(finite),
+        heading=draw(st.floats(0, 360)),
+        speed=draw(finite),
+        satellites=satellites,
+        priority=draw(st.integers(0, 2)),
+        event_io_id=draw(st.integers(0, 65535)),
+        codec=draw(st.sampled_from([None, "8", "8E", "16"])),
+        fix_valid=not (latitude == 0 and longitude == 0 and satellites == 0),
+        attributes=draw(attribute_maps),
+    )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+contract_shaped = st.fixed_dictionaries(
+    {},
+    optional={name: json_values for name in [*REQUIRED, "received_at", "codec"]}
+    | {"attributes": st.dictionaries(st.text(max_size=6), json_values, max_size=4)},
+)
+
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def decodes_or_poison(fields: dict[bytes, bytes]) -> None:
+    outcome: Position | PoisonRecord
+    try:
+        outcome = codec.decode(fields, now=NOW, future_tolerance_s=TOLERANCE_S)
+    except PoisonRecord as exc:
+        outcome = exc
+    if isinstance(outcome, PoisonRecord):
+        assert type(outcome) in POISON_KINDS
+        assert outcome.reason
+    else:
+        assert type(outcome) is Position
+
+
+@PROPERTY
+@given(positions())
+def test_round_trip(position: Position) -> None:
+    decoded = codec.decode(codec.encode(position), now=position.ts, future_tolerance_s=0)
+    assert decoded == position
+    for key, value in position.attributes.items():
+        assert type(decoded.attributes[key]) is type(value)
+
+
+@PROPERTY
+@given(st.binary(max_size=200), st.none() | st.binary(max_size=3))
+def test_arbitrary_bytes_never_crash(raw: bytes, version: bytes | None) -> None:
+    fields = {b"payload": raw} if version is None else {b"payload": raw, b"v": version}
+    decodes_or_poison(fields)
+
+
+@PROPERTY
+@given(json_values | contract_shaped)
+def test_arbitrary_json_never_crashes(value: Any) -> None:
+    decodes_or_poison({b"payload": json.dumps(value).encode()})
+
+
+def drop(payload: dict[str, Any], name: str, _: Any) -> None:
+    payload.pop(name, None)
+
+
+def replace(payload: dict[str, Any], name: str, value: Any) -> None:
+    payload[name] = value
+
+
+def replace_attribute(payload: dict[str, Any], name: str, value: Any) -> None:
+    attributes = payload["attributes"]
+    key = next(iter(attributes), name)
+    attributes[key] = value
+
+
+def add_attribute(payload: dict[str, Any], name: str, value: Any) -> None:
+    payload["attributes"][name] = value
+
+
+Mutation = Callable[[dict[str, Any], str, Any], None]
+
+
+@PROPERTY
+@given(
+    positions(),
+    st.lists(
+        st.tuples(
+            st.sampled_from([drop, replace, replace_attribute, add_attribute]),
+            st.sampled_from([*REQUIRED, "received_at", "codec"]) | st.text(max_size=6),
+            json_values,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_mutated_payload_never_crashes(
+    position: Position, mutations: list[tuple[Mutation, str, Any]]
+) -> None:
+    payload = orjson.loads(codec.encode(position)[b"payload"])
+    for mutate, name, value in mutations:
+        if (
+            mutate in (replace_attribute, add_attribute)
+            and type(payload.get("attributes")) is not dict
+        ):
+            continue
+        mutate(payload, name, value)
+    decodes_or_poison({b"payload": json.dumps(payload).encode()})
+
+
+@PROPERTY
+@given(attribute_maps)
+def test_attributes_json_is_exact(attributes: dict[str, int | float | bytes]) -> None:
+    stored = json.loads(codec.attributes_json(attributes))
+    expected = {
+        key: "\\x" + value.hex() if isinstance(value, bytes) else value
+        for key, value in attributes.items()
+    }
+    assert stored == expected
+    for key, value in attributes.items():
+        if isinstance(value, int):
+            assert type(stored[key]) is int
