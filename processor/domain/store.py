@@ -1,0 +1,316 @@
+"""PostgreSQL for the race domain: definition reads, stored fixes, result writes.
+
+Every statement goes through ``processor.core.bridge`` on a connection of the domain's
+own (timing writes must neither queue behind nor disturb the writer's batches). Errors
+are split like the writer's: ``PostgresUnavailable`` (retry later) and ``RowsRejected``
+(the data is wrong); anything else is a bug and propagates.
+
+Result writes and why they converge (see ``results``):
+- ``Update``: upserts; a timing record only ever moves to an *earlier* crossing, so a
+  stale increment racing a recomputation cannot undo it.
+- ``Replace``: upserts that overwrite, then deletes of the entries' rows not in the set.
+Each write and the re-ranking of the stages it touched is one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import attrs
+import psycopg
+import psycopg.errors
+from psycopg.rows import dict_row
+
+from processor.core.pg_session import PgSession, RowsRejected, describe
+from processor.domain.definition import RawRows
+from processor.domain.results import Replace, Write
+from processor.domain.timing import EPOCH, Fix
+
+T = TypeVar("T")
+
+# A definition load or a stage recomputation reads at most a few MB; this long is a stall.
+TIMEOUT_S = 60.0
+
+
+class TablesMissing(Exception):
+    """The Directus tables are not in this database (development without the fixture)."""
+
+
+_RECORD_COLUMNS = (
+    "event_id, stage_id, entry_id, device_id, geofence_id, kind, crossed_at, source_ts"
+)
+_INSERT_RECORD = f"""
+INSERT INTO timing_records ({_RECORD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (entry_id, geofence_id) DO UPDATE SET
+    event_id = EXCLUDED.event_id, stage_id = EXCLUDED.stage_id, kind = EXCLUDED.kind,
+    crossed_at = EXCLUDED.crossed_at, source_ts = EXCLUDED.source_ts
+"""
+UPSERT_RECORD_EARLIER = _INSERT_RECORD + "WHERE EXCLUDED.crossed_at < timing_records.crossed_at"
+UPSERT_RECORD_EXACT = (
+    _INSERT_RECORD + "WHERE (timing_records.crossed_at, timing_records.source_ts,"
+    " timing_records.kind, timing_records.stage_id)"
+    " IS DISTINCT FROM (EXCLUDED.crossed_at, EXCLUDED.source_ts, EXCLUDED.kind,"
+    " EXCLUDED.stage_id)"
+)
+UPSERT_VISIT = """
+INSERT INTO zone_events (event_id, entry_id, geofence_id, entered_at, exited_at, max_speed_kmh)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (entry_id, geofence_id, entered_at) DO UPDATE SET
+    exited_at = EXCLUDED.exited_at, max_speed_kmh = EXCLUDED.max_speed_kmh
+WHERE (zone_events.exited_at, zone_events.max_speed_kmh)
+    IS DISTINCT FROM (EXCLUDED.exited_at, EXCLUDED.max_speed_kmh)
+"""
+UPSERT_RESULT = """
+INSERT INTO stage_results (event_id, stage_id, entry_id, started_at, finished_at, elapsed_ms,
+    checkpoints_passed, checkpoints_total, status)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (stage_id, entry_id) DO UPDATE SET
+    event_id = EXCLUDED.event_id, started_at = EXCLUDED.started_at,
+    finished_at = EXCLUDED.finished_at, elapsed_ms = EXCLUDED.elapsed_ms,
+    checkpoints_passed = EXCLUDED.checkpoints_passed,
+    checkpoints_total = EXCLUDED.checkpoints_total, status = EXCLUDED.status, updated_at = now()
+WHERE (stage_results.started_at, stage_results.finished_at, stage_results.elapsed_ms,
+       stage_results.checkpoints_passed, stage_results.checkpoints_total, stage_results.status)
+    IS DISTINCT FROM (EXCLUDED.started_at, EXCLUDED.finished_at, EXCLUDED.elapsed_ms,
+       EXCLUDED.checkpoints_passed, EXCLUDED.checkpoints_total, EXCLUDED.status)
+"""
+DELETE_STALE_RECORDS = """
+DELETE FROM timing_records t WHERE t.entry_id = ANY(%(entries)s)
+  AND (%(stages)s::int[] IS NULL OR t.stage_id = ANY(%(stages)s)) AND NOT EXISTS (
+    SELECT 1 FROM unnest(%(a)s::int[], %(b)s::int[]) AS k(e, g)
+    WHERE k.e = t.entry_id AND k.g = t.geofence_id)
+"""
+DELETE_STALE_VISITS = """
+DELETE FROM zone_events z WHERE z.entry_id = ANY(%(entries)s) AND NOT EXISTS (
+    SELECT 1 FROM unnest(%(a)s::int[], %(b)s::int[], %(c)s::timestamptz[]) AS k(e, g, t)
+    WHERE k.e = z.entry_id AND k.g = z.geofence_id AND k.t = z.entered_at)
+"""
+DELETE_STALE_RESULTS = """
+DELETE FROM stage_results r WHERE r.entry_id = ANY(%(entries)s)
+  AND (%(stages)s::int[] IS NULL OR r.stage_id = ANY(%(stages)s)) AND NOT EXISTS (
+    SELECT 1 FROM unnest(%(a)s::int[], %(b)s::int[]) AS k(s, e)
+    WHERE k.s = r.stage_id AND k.e = r.entry_id)
+RETURNING r.stage_id
+"""
+# Finished entries ranked by elapsed time (ties share a rank); running ones have none.
+RERANK = """
+WITH ranked AS (
+    SELECT id, CASE WHEN status = 'finished' AND elapsed_ms IS NOT NULL THEN
+        rank() OVER (PARTITION BY stage_id, status = 'finished' AND elapsed_ms IS NOT NULL
+                     ORDER BY elapsed_ms)
+    END AS rank
+    FROM stage_results WHERE stage_id = ANY(%s)
+)
+UPDATE stage_results s SET rank = ranked.rank
+FROM ranked WHERE s.id = ranked.id AND s.rank IS DISTINCT FROM ranked.rank
+"""
+FIXES = """
+SELECT ts, longitude, latitude, speed FROM positions
+WHERE device_id = %s AND fix_valid
+  AND ts >= coalesce(%s::timestamptz, '-infinity') AND ts <= coalesce(%s::timestamptz, 'infinity')
+ORDER BY ts
+"""
+
+
+@attrs.define
+class DomainStore:
+    """One PostgreSQL connection of the race domain (see ``core.pg_session.PgSession``)."""
+
+    url: str
+    application_name: str = "processor-domain"
+    session: PgSession = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.session = PgSession(self.url, self.application_name, TIMEOUT_S)
+
+    async def connect(self) -> None:
+        await self.session.connect()
+
+    async def aclose(self) -> None:
+        await self.session.aclose()
+
+    async def load(self, event_ids: Sequence[int] | None = None) -> RawRows:
+        """Directus rows: live events (or ``event_ids``), their parts, all devices/mappings."""
+        return await self._run(_load, list(event_ids) if event_ids is not None else None)
+
+    async def ensure_natural_keys(self) -> None:
+        """Create the unique keys the idempotent result writes (``ON CONFLICT``) rely on.
+
+        Directus owns these tables, but a Directus schema snapshot cannot express a
+        multi-column UNIQUE key, so a Directus-created database lacks them and every
+        result upsert would fail. Creating them is idempotent and cheap once they exist.
+        """
+        try:
+            await self._run(_execute_all, NATURAL_KEYS)
+        except psycopg.ProgrammingError as exc:  # e.g. no right to create an index
+            raise RowsRejected(describe(exc)) from exc
+
+    async def fixes(
+        self, device_id: str, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Fix]:
+        """A device's valid stored fixes in ``[since, until]``, in time order."""
+        rows = await self._run(_fetch, FIXES, (device_id, since, until))
+        return [
+            Fix(ts, (ts - EPOCH) // _US, lon, lat, speed or 0.0) for ts, lon, lat, speed in rows
+        ]
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Write results in one transaction and re-rank the stages they touch."""
+        if writes:
+            await self._run(_apply, list(writes))
+
+    async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read for the operator commands (replay summaries, backfill pages)."""
+        return await self._run(_fetch, query, params)
+
+    async def execute(self, query: str, params: Sequence[Any] = ()) -> int:
+        return await self._run(_execute, query, params)
+
+    async def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await self.session.run(fn, *args)
+        except psycopg.errors.UndefinedTable as exc:
+            raise TablesMissing(describe(exc)) from exc
+
+
+_US = timedelta(microseconds=1)
+
+
+async def _fetch(
+    conn: psycopg.AsyncConnection[Any], query: str, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cur:
+        await cur.execute(query, params)
+        return await cur.fetchall()
+
+
+async def _execute(conn: psycopg.AsyncConnection[Any], query: str, params: Sequence[Any]) -> int:
+    async with conn.cursor() as cur:
+        await cur.execute(query, params)
+        return cur.rowcount
+
+
+async def _load(conn: psycopg.AsyncConnection[Any], event_ids: list[int] | None) -> RawRows:
+    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        # One snapshot for all six reads, so entries never refer to a stage read later.
+        await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if event_ids is None:
+            await cur.execute("SELECT * FROM events WHERE status = 'live' ORDER BY id")
+        else:
+            await cur.execute("SELECT * FROM events WHERE id = ANY(%s) ORDER BY id", [event_ids])
+        events = await cur.fetchall()
+        ids = [e["id"] for e in events]
+        await cur.execute("SELECT id, imei, model FROM devices ORDER BY id")
+        devices = await cur.fetchall()
+        await cur.execute(
+            "SELECT e.id, e.event_id, d.imei, e.number FROM entries e"
+            " JOIN devices d ON d.id = e.device_id WHERE e.event_id = ANY(%s) ORDER BY e.id",
+            [ids],
+        )
+        entries = await cur.fetchall()
+        await cur.execute("SELECT * FROM stages WHERE event_id = ANY(%s) ORDER BY id", [ids])
+        stages = await cur.fetchall()
+        await cur.execute("SELECT * FROM geofences WHERE event_id = ANY(%s) ORDER BY id", [ids])
+        geofences = await cur.fetchall()
+        await cur.execute("SELECT * FROM io_mappings ORDER BY id")
+        io_mappings = await cur.fetchall()
+    return RawRows(
+        events=events,
+        devices=devices,
+        entries=entries,
+        stages=stages,
+        geofences=geofences,
+        io_mappings=io_mappings,
+    )
+
+
+async def _apply(conn: psycopg.AsyncConnection[Any], writes: list[Write]) -> None:
+    stages: set[int] = set()
+    async with conn.transaction(), conn.cursor() as cur:
+        for write in writes:
+            exact = isinstance(write, Replace)
+            if exact:
+                assert isinstance(write, Replace)
+                stages |= await _delete_stale(cur, write)
+            if write.records:
+                await cur.executemany(
+                    UPSERT_RECORD_EXACT if exact else UPSERT_RECORD_EARLIER,
+                    [
+                        (r.event_id, r.stage_id, r.entry_id, r.device_id, r.geofence_id,
+                         r.kind, r.crossed_at, r.source_ts)
+                        for r in write.records
+                    ],
+                )  # fmt: skip
+            if write.visits:
+                await cur.executemany(
+                    UPSERT_VISIT,
+                    [
+                        (v.event_id, v.entry_id, v.geofence_id, v.entered_at, v.exited_at,
+                         v.max_speed_kmh)
+                        for v in write.visits
+                    ],
+                )  # fmt: skip
+            if write.results:
+                await cur.executemany(
+                    UPSERT_RESULT,
+                    [
+                        (r.event_id, r.stage_id, r.entry_id, r.started_at, r.finished_at,
+                         r.elapsed_ms, r.checkpoints_passed, r.checkpoints_total, r.status)
+                        for r in write.results
+                    ],
+                )  # fmt: skip
+            stages |= {r.stage_id for r in write.results}
+        if stages:
+            await cur.execute(RERANK, [sorted(stages)])
+
+
+async def _delete_stale(cur: psycopg.AsyncCursor[Any], write: Replace) -> set[int]:
+    entries = list(write.entry_ids)
+    stages = None if write.stage_ids is None else list(write.stage_ids)
+    await cur.execute(
+        DELETE_STALE_RECORDS,
+        {
+            "entries": entries,
+            "stages": stages,
+            "a": [r.entry_id for r in write.records],
+            "b": [r.geofence_id for r in write.records],
+        },
+    )
+    if stages is None:
+        await cur.execute(
+            DELETE_STALE_VISITS,
+            {
+                "entries": entries,
+                "a": [v.entry_id for v in write.visits],
+                "b": [v.geofence_id for v in write.visits],
+                "c": [v.entered_at for v in write.visits],
+            },
+        )
+    await cur.execute(
+        DELETE_STALE_RESULTS,
+        {
+            "entries": entries,
+            "stages": stages,
+            "a": [r.stage_id for r in write.results],
+            "b": [r.entry_id for r in write.results],
+        },
+    )
+    return {row[0] for row in await cur.fetchall()}
+
+
+# The natural keys of the race-domain spec (race-domain.md, "Written by the processor").
+NATURAL_KEYS = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS timing_records_natural_key"
+    " ON timing_records (entry_id, geofence_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS zone_events_natural_key"
+    " ON zone_events (entry_id, geofence_id, entered_at)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS stage_results_natural_key"
+    " ON stage_results (stage_id, entry_id)",
+)
+
+
+async def _execute_all(conn: psycopg.AsyncConnection[Any], statements: Sequence[str]) -> None:
+    for statement in statements:
+        await conn.execute(statement)

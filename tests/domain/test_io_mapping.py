@@ -1,0 +1,98 @@
+"""IO mapping: raw Teltonika bag -> named attributes, per model, fast."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from processor.domain.definition import build_definition
+from processor.domain.io_mapping import DEFAULT_MAPPING, InvalidMapping, IoMappings, IoRule
+from processor.domain.plugin import Definitions, IoEnricher
+from tests.domain.course import raw_rows
+from tests.helpers import make_position
+
+
+def test_defaults_scale_and_name_teltonika_elements() -> None:
+    bag = {
+        "239": 1, "240": 0, "21": 4, "66": 12850, "67": 4012, "16": 123456789,
+        "24": 87, "181": 12, "182": 9, "999": 5,
+    }  # fmt: skip
+    named = DEFAULT_MAPPING.apply(bag)
+    assert named == {
+        "ignition": True,
+        "movement": False,
+        "gsm_signal": 4,
+        "external_voltage_v": pytest.approx(12.85),
+        "battery_voltage_v": pytest.approx(4.012),
+        "odometer_km": pytest.approx(123456.789),
+        "gnss_speed_kmh": 87,
+        "pdop": pytest.approx(1.2),
+        "hdop": pytest.approx(0.9),
+    }
+
+
+def test_nothing_mapped_is_none_and_bigints_stay_exact_when_unscaled() -> None:
+    assert DEFAULT_MAPPING.apply({"999": 1}) is None
+    mappings = IoMappings.from_rules([("X", IoRule(16, "raw_odometer", 1.0, "number"))])
+    assert mappings.for_model("X").apply({"16": 18446744073709551615}) == {
+        "raw_odometer": 18446744073709551615
+    }
+
+
+def test_bytes_kind_is_hex_and_number_rule_skips_buffers() -> None:
+    mappings = IoMappings.from_rules(
+        [("M", IoRule(10, "iccid", 1.0, "bytes")), ("M", IoRule(11, "level", 1.0, "number"))]
+    )
+    assert mappings.for_model("M").apply({"10": b"\x01\xab", "11": b"\x00"}) == {"iccid": "01ab"}
+
+
+def test_directus_rows_replace_defaults_for_their_model_only() -> None:
+    def row(id_: int, io_id: int, name: str, scale: float, kind: str) -> dict[str, object]:
+        return {
+            "id": id_,
+            "model": "FMB920",
+            "io_id": io_id,
+            "name": name,
+            "scale": scale,
+            "kind": kind,
+        }
+
+    rows = raw_rows(
+        io_mappings=[
+            row(1, 239, "engine_on", 1, "bool"),
+            row(2, 1, "x", 1, "weird"),
+            row(3, 2, "y", 0, "number"),
+        ]
+    )
+    built = build_definition(rows)
+    assert [(r.table, r.id) for r in built.rejected] == [("io_mappings", 2), ("io_mappings", 3)]
+    enricher = IoEnricher(Definitions(built.definition))
+    known = make_position("356307042441013", attributes={"239": 1, "66": 12000})
+    assert enricher.derive(known) == {"engine_on": True}
+    unknown = make_position("999", attributes={"239": 0, "66": 12000})
+    assert enricher.derive(unknown) == {"ignition": False, "external_voltage_v": 12.0}
+
+
+def test_rule_validation() -> None:
+    with pytest.raises(InvalidMapping):
+        IoRule.checked(-1, "a", 1, "number")
+    with pytest.raises(InvalidMapping):
+        IoRule.checked(1, " ", 1, "number")
+    with pytest.raises(InvalidMapping):
+        IoRule.checked(1, "a", float("nan"), "number")
+    assert IoRule.checked(1, " a ", 2, "bool") == IoRule(1, "a", 2.0, "bool")
+
+
+def test_enricher_is_fast() -> None:
+    """The writer calls this per record: the budget is a few microseconds."""
+    enricher = IoEnricher(Definitions())
+    position = make_position(attributes={"239": 1, "240": 1, "66": 12850, "16": 99, "21": 3})
+    n = 20_000
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(n):
+            enricher.derive(position)
+        best = min(best, (time.perf_counter() - started) / n)
+    assert best < 5e-6, f"{best * 1e6:.2f} µs per record"

@@ -1,0 +1,71 @@
+"""DomainStore against PostgreSQL: write semantics, ranking, missing tables."""
+
+from __future__ import annotations
+
+import pathlib
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from processor.core.migrate import apply_migrations
+from processor.domain.results import Replace, StageResult, TimingRecord, Update
+from processor.domain.store import DomainStore, TablesMissing
+from processor.logs import make_logger
+from tests.domain.course import at
+
+FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "schema" / "directus" / "race_tables.sql"
+
+
+def record(entry: int, fence: int, seconds: float) -> TimingRecord:
+    return TimingRecord(
+        event_id=1, stage_id=10, entry_id=entry, device_id=f"d{entry}", geofence_id=fence,
+        kind="start" if fence == 1 else "finish", crossed_at=at(seconds), source_ts=at(seconds + 1),
+    )  # fmt: skip
+
+
+def result(entry: int, elapsed_s: float | None) -> StageResult:
+    return StageResult(
+        event_id=1, stage_id=10, entry_id=entry, started_at=at(0),
+        finished_at=None if elapsed_s is None else at(elapsed_s),
+        elapsed_ms=None if elapsed_s is None else int(elapsed_s * 1000),
+        checkpoints_passed=0, checkpoints_total=0,
+        status="running" if elapsed_s is None else "finished",
+    )  # fmt: skip
+
+
+async def test_writes_rank_and_replace(fresh_database_url: str, bridge: None) -> None:
+    url = fresh_database_url
+    await apply_migrations(url, log=make_logger("warning"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(FIXTURE.read_text())
+    store = DomainStore(url)
+    try:
+        await store.apply([Update(records=(record(1, 1, 10),), results=(result(1, 50),))])
+        await store.apply([Update(results=(result(2, 40), result(3, None), result(4, 40)))])
+        # Earlier wins for an increment, a later one is ignored.
+        await store.apply([Update(records=(record(1, 1, 12), record(2, 1, 3)))])
+        await store.apply([Update(records=(record(2, 1, 2),))])
+        crossed = dict(await store.fetch("SELECT entry_id, crossed_at FROM timing_records"))
+        assert crossed == {1: at(10), 2: at(2)}
+        ranks = dict(await store.fetch("SELECT entry_id, rank FROM stage_results"))
+        assert ranks == {1: 3, 2: 1, 3: None, 4: 1}
+        # Replace overwrites (even later) and deletes what the entry no longer has.
+        await store.apply([Replace(entry_ids=(1,), records=(record(1, 4, 30),))])
+        left = await store.fetch("SELECT entry_id, geofence_id, crossed_at FROM timing_records")
+        assert sorted(left) == [(1, 4, at(30)), (2, 1, at(2))]
+        ranks = dict(await store.fetch("SELECT entry_id, rank FROM stage_results"))
+        assert ranks == {2: 1, 3: None, 4: 1}
+        fixes = await store.fixes("nobody", at(0), at(0) + timedelta(days=1))
+        assert fixes == []
+    finally:
+        await store.aclose()
+
+
+async def test_missing_directus_tables_are_reported(fresh_database_url: str, bridge: None) -> None:
+    store = DomainStore(fresh_database_url)
+    try:
+        with pytest.raises(TablesMissing):
+            await store.load()
+    finally:
+        await store.aclose()
