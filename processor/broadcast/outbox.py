@@ -1,0 +1,95 @@
+"""A client's bounded outbox: frames wait here until the client's writer sends them.
+
+Why not a memory channel: when a client falls behind, the fix of a device it has not
+been sent yet is worth nothing once a newer one exists (a map shows the latest), so a
+full outbox *replaces* the unsent frame of the same device in place. That needs access
+to unsent items, which a channel does not give. ``push`` never blocks, like
+``send_nowait``: the fan-out never waits for a client. When even coalescing cannot make
+room (more distinct devices or control frames pending than the capacity), the outbox
+is marked overflowed and the writer closes the client (code 1013).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import attrs
+import trio
+
+
+class ClientTooSlow(Exception):
+    """The client cannot keep up: its outbox overflowed or a send took too long."""
+
+
+@attrs.define
+class Outbox:
+    capacity: int
+    # seq -> (coalescing key or None for frames that are never replaced, text)
+    _items: OrderedDict[int, tuple[Hashable | None, str]] = attrs.field(
+        factory=OrderedDict, init=False
+    )
+    _latest: dict[Hashable, int] = attrs.field(factory=dict, init=False)  # key -> its seq
+    _seq: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
+    _wakeup: trio.Event = attrs.field(factory=trio.Event, init=False)
+    overflowed: bool = attrs.field(default=False, init=False)
+    coalesced: int = attrs.field(default=0, init=False)  # frames replaced, for metrics
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, text: str, key: Hashable | None = None) -> bool:
+        """Queue a frame; False (and overflowed) when the client cannot keep up.
+
+        ``key`` names what a newer frame supersedes (event and device of a position);
+        frames without a key (snapshots, replies) are never dropped.
+        """
+        if self.overflowed:
+            return False
+        if len(self._items) >= self.capacity:
+            old = self._latest.get(key) if key is not None else None
+            if old is not None:
+                self._items[old] = (key, text)  # in place: the device keeps its turn
+                self.coalesced += 1
+                return True
+            self._compact()
+            if len(self._items) >= self.capacity:
+                self.overflowed = True
+                self._wakeup.set()
+                return False
+        seq = next(self._seq)
+        self._items[seq] = (key, text)
+        if key is not None:
+            self._latest[key] = seq
+        self._wakeup.set()
+        return True
+
+    def _compact(self) -> None:
+        """Drop every keyed frame that a newer frame of the same key supersedes."""
+        stale = [
+            seq
+            for seq, (key, _) in self._items.items()
+            if key is not None and self._latest[key] != seq
+        ]
+        for seq in stale:
+            del self._items[seq]
+        self.coalesced += len(stale)
+
+    def fail(self) -> None:
+        """Mark the client as unable to keep up (decided elsewhere, e.g. a held backlog)."""
+        self.overflowed = True
+        self._wakeup.set()
+
+    async def get(self) -> str:
+        """The oldest frame; waits while empty. Raises ``ClientTooSlow`` once overflowed."""
+        while True:
+            if self.overflowed:
+                raise ClientTooSlow(f"more than {self.capacity} frames queued after coalescing")
+            if self._items:
+                seq, (key, text) = self._items.popitem(last=False)
+                if key is not None and self._latest.get(key) == seq:
+                    del self._latest[key]
+                return text
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()

@@ -1,0 +1,152 @@
+"""The live broadcast as a plug-in of the app (``processor.plugins``).
+
+    BroadcastPlugin.run
+    ├── roster keeper   entries x devices, reloaded every WS_ENTRIES_REFRESH_S
+    ├── stream tail     XREAD of every record -> hub -> client outboxes
+    └── server          WebSocket on WS_HOST:WS_PORT/ws
+
+It hands the writer nothing (no enricher, no observers): it reads the stream itself,
+so it sees every record on every instance. ``port`` holds the bound WebSocket port once
+``run`` has started (tests bind port 0 and read it here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+import trio
+
+from processor.broadcast import frames
+from processor.broadcast.directus import Directus
+from processor.broadcast.handshake import AUTH_FRAME_TIMEOUT_S, Gatekeeper
+from processor.broadcast.hub import AttributeSource, Hub, no_attributes
+from processor.broadcast.metrics import BroadcastMetrics
+from processor.broadcast.race_store import RaceStore
+from processor.broadcast.roster import RosterKeeper
+from processor.broadcast.server import Server
+from processor.broadcast.snapshot import Snapshots
+from processor.broadcast.tail import StreamTail
+from processor.core.observer import CommitObserver, Enricher
+
+if TYPE_CHECKING:  # processor.plugins imports this module to list the default plug-ins
+    from datetime import datetime
+
+    from processor.plugins import Context
+
+
+class TimingAnnouncement(Protocol):
+    """A recorded crossing, as the race domain hands it over (duck-typed: no import)."""
+
+    @property
+    def event_id(self) -> int: ...
+    @property
+    def stage_id(self) -> int: ...
+    @property
+    def entry_id(self) -> int: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def crossed_at(self) -> datetime: ...
+
+
+@attrs.define
+class BroadcastPlugin:
+    context: Context
+    metrics: BroadcastMetrics
+    store: RaceStore
+    attributes: AttributeSource = no_attributes
+    auth_frame_timeout_s: float = AUTH_FRAME_TIMEOUT_S
+    name: str = "broadcast"
+    port: int | None = None
+    hub: Hub | None = None
+
+    @property
+    def enricher(self) -> Enricher | None:
+        return None
+
+    @property
+    def observers(self) -> Sequence[CommitObserver]:
+        return ()
+
+    def announce_timing(self, record: TimingAnnouncement) -> None:
+        """A crossing the race domain recorded: a ``timing`` frame to the event's clients."""
+        if self.hub is not None:
+            self.hub.publish_timing(
+                str(record.event_id),
+                frames.timing_frame(
+                    str(record.event_id),
+                    record.stage_id,
+                    record.entry_id,
+                    record.device_id,
+                    record.kind,
+                    record.crossed_at,
+                ),
+            )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        s, log = self.context.settings, self.context.log.bind(plugin=self.name)
+        try:
+            async with (
+                Directus.open(s.directus_url, s.ws_auth_cache_s) as directus,
+                trio.open_nursery() as nursery,
+            ):
+                roster = RosterKeeper(self.store, s.ws_entries_refresh_s, log)
+                await nursery.start(roster.run)
+                hub = self.hub = Hub(roster, self.metrics, self.attributes)
+                # One XREAD over every shard on one Redis; per shard in a cluster (slots).
+                keys = s.telemetry_streams
+                for group in [(k,) for k in keys] if s.cluster else [keys]:
+                    await nursery.start(
+                        StreamTail(
+                            streams=self.context.streams,
+                            keys=group,
+                            count=s.read_count,
+                            block_ms=s.block_ms,
+                            future_tolerance_s=s.future_tolerance_s,
+                            publish=hub.publish,
+                            log=log,
+                        ).run
+                    )
+                gatekeeper = Gatekeeper(
+                    directus=directus,
+                    allowed_origins=s.ws_allowed_origins,
+                    cookie_name=s.ws_cookie_name,
+                    metrics=self.metrics,
+                    log=log,
+                    auth_frame_timeout_s=self.auth_frame_timeout_s,
+                )
+                server = Server(
+                    settings=s,
+                    gatekeeper=gatekeeper,
+                    hub=hub,
+                    directus=directus,
+                    snapshots=Snapshots(hub, self.context.states, self.store, log),
+                    metrics=self.metrics,
+                    shutdown=self.context.shutdown,
+                    log=log,
+                )
+                self.port = await nursery.start(server.run)
+                task_status.started()
+        finally:
+            await self.store.aclose()
+
+
+def broadcast_plugin(
+    context: Context,
+    *,
+    attributes: AttributeSource = no_attributes,
+    store: RaceStore | None = None,
+    auth_frame_timeout_s: float = AUTH_FRAME_TIMEOUT_S,
+) -> BroadcastPlugin:
+    """Build the plug-in; ``attributes`` is where the race domain's IO mapping plugs in."""
+    return BroadcastPlugin(
+        context=context,
+        metrics=BroadcastMetrics.create(context.metrics.registry),
+        store=store or RaceStore(context.settings.postgres_url),
+        attributes=attributes,
+        auth_frame_timeout_s=auth_frame_timeout_s,
+    )

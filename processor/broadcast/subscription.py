@@ -1,0 +1,70 @@
+"""One client's subscription to one event, and how it joins snapshot and live frames.
+
+The contract promises no gap and no regression between the snapshot and the live feed.
+The subscription is registered with the hub *before* the snapshot is built, so a fix
+that arrives while the snapshot query runs is held in ``_held`` instead of being lost or
+sent ahead of the snapshot. ``release`` then queues the snapshot and the held frames, and
+from then on a device's frame passes only if it is newer than that device's fix in the
+snapshot (its ``floor``). The hub already drops fixes older than the last one it
+broadcast, so after the first frame that passes a floor the floor is no longer needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+
+class Recipient(Protocol):
+    """What a subscription needs of its client: a non-blocking push into its outbox."""
+
+    outbox_capacity: int
+
+    def push(self, text: str, key: Hashable | None = None) -> None: ...
+
+    def too_slow(self, why: str) -> None: ...
+
+
+@attrs.define(eq=False)
+class Subscription:
+    client: Recipient
+    event_id: str
+    _held: list[tuple[str, datetime, str]] | None = attrs.field(factory=list, init=False)
+    _floor: dict[str, datetime] = attrs.field(factory=dict, init=False)
+
+    @property
+    def live(self) -> bool:
+        return self._held is None
+
+    def offer(self, device_id: str, ts: datetime, text: str) -> None:
+        """A live position frame for this event (called by the hub, never blocks)."""
+        if self._held is None:
+            self._deliver(device_id, ts, text)
+            return
+        self._held.append((device_id, ts, text))
+        if len(self._held) > self.client.outbox_capacity:
+            newest: dict[str, tuple[str, datetime, str]] = {}
+            for item in self._held:
+                newest[item[0]] = item
+            self._held = list(newest.values())
+            if len(self._held) > self.client.outbox_capacity:
+                self.client.too_slow("too many fixes while the snapshot was built")
+
+    def release(self, snapshot: str, floor: Mapping[str, datetime]) -> None:
+        """Queue the snapshot, then the frames held meanwhile that are newer than it."""
+        held, self._held = self._held or [], None
+        self._floor = dict(floor)
+        self.client.push(snapshot)
+        for device_id, ts, text in held:
+            self._deliver(device_id, ts, text)
+
+    def _deliver(self, device_id: str, ts: datetime, text: str) -> None:
+        floor = self._floor.get(device_id)
+        if floor is not None:
+            if ts <= floor:
+                return
+            del self._floor[device_id]
+        self.client.push(text, (self.event_id, device_id))

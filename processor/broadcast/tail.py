@@ -1,0 +1,111 @@
+"""The broadcast's own read of the telemetry stream: every record, on every instance.
+
+The pipeline's consumer group splits records between instances, but each instance
+serves its own WebSocket clients and must show them every fix. So the broadcast reads
+the stream with plain ``XREAD BLOCK``, no group: nothing is created in Redis, nothing is
+left behind on shutdown. It starts at the stream's newest entry as of startup (an
+explicit id, not ``$`` on every call, which would skip what arrives between two reads),
+decodes each record once and hands it to the hub. Poison records are skipped quietly:
+the pipeline dead-letters them.
+
+Shards: one tail reads several stream keys in one ``XREAD`` (each from its own last id),
+which works on a single Redis; in a Redis Cluster the keys live in different slots, so
+the plug-in runs one tail per shard instead.
+
+Error handling: Redis being unavailable is retried with backoff from the last id seen,
+so a short outage loses nothing that Redis still holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import redis.exceptions as rexc
+import structlog
+import trio
+
+from processor.core import bridge
+from processor.core.backoff import Backoff
+from processor.core.codec import decode
+from processor.core.errors import PoisonRecord
+from processor.core.model import Position
+from processor.core.redis_io import RedisStreams, RedisUnavailable
+
+# Slack on top of the BLOCK time before a read counts as hung.
+_BLOCK_GRACE_S = 5.0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@attrs.define
+class StreamTail:
+    streams: RedisStreams
+    keys: Sequence[str]
+    count: int
+    block_ms: int
+    future_tolerance_s: float
+    publish: Callable[[Position, str], None]
+    log: structlog.typing.FilteringBoundLogger
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        backoff = Backoff(cap_s=2.0)
+        last_ids: dict[str, str] = {}
+        while True:
+            try:
+                for key in self.keys:
+                    last_ids[key] = await self.streams.newest_id(key) or "0-0"
+                break
+            except RedisUnavailable as exc:
+                self.log.warning("broadcast tail: redis unavailable", error=str(exc))
+                await backoff.wait()
+        task_status.started()
+        while True:
+            try:
+                entries = await self._read(last_ids)
+            except RedisUnavailable as exc:
+                self.log.warning("broadcast tail: redis unavailable", error=str(exc))
+                await backoff.wait()
+                continue
+            backoff.reset()
+            now = datetime.now(UTC)
+            for key, entry_id, fields in entries:
+                last_ids[key] = entry_id
+                try:
+                    position = decode(fields, now=now, future_tolerance_s=self.future_tolerance_s)
+                except PoisonRecord as exc:
+                    self.log.debug(
+                        "broadcast tail: poison record skipped", id=entry_id, error=str(exc)
+                    )
+                    continue
+                self.publish(position, entry_id)
+                # Let client writers drain between fixes: a burst of one read must not
+                # fill every outbox before any of them had a chance to send.
+                await trio.lowlevel.checkpoint()
+
+    async def _read(self, starts: dict[str, str]) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        """(key, entry id, fields) of what arrived after ``starts``, shard after shard."""
+        try:
+            with trio.fail_after(self.block_ms / 1000 + _BLOCK_GRACE_S):
+                reply: Any = await bridge.call(
+                    self.streams.client.xread,
+                    dict[Any, Any](starts),
+                    count=self.count,
+                    block=self.block_ms,
+                )
+        except trio.TooSlowError as exc:
+            raise RedisUnavailable("XREAD did not return in time") from exc
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+        if not reply:
+            return []
+        streams = reply.items() if isinstance(reply, dict) else reply
+        out: list[tuple[str, str, dict[bytes, bytes]]] = []
+        for key, raw in streams:
+            name = _text(key)
+            out.extend((name, _text(entry_id), dict(fields or {})) for entry_id, fields in raw)
+        return out

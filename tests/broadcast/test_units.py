@@ -1,0 +1,171 @@
+"""The broadcast's pure parts: outbox coalescing, snapshot/live joining, caches, guards."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from datetime import UTC, datetime, timedelta
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from processor.broadcast.frames import event_id_of, iso
+from processor.broadcast.handshake import request_headers, session_cookie
+from processor.broadcast.origin import origin_allowed
+from processor.broadcast.outbox import ClientTooSlow, Outbox
+from processor.broadcast.subscription import Subscription
+from processor.broadcast.ttl_cache import TtlCache
+
+T0 = datetime(2026, 5, 12, 9, 0, tzinfo=UTC)
+
+
+def at(second: float) -> datetime:
+    return T0 + timedelta(seconds=second)
+
+
+async def drain(outbox: Outbox) -> list[str]:
+    out = []
+    while len(outbox):
+        out.append(await outbox.get())
+    return out
+
+
+async def test_outbox_is_fifo_until_full() -> None:
+    box = Outbox(3)
+    for text in ("a1", "a2", "b1"):
+        assert box.push(text, key=text[0])
+    assert await drain(box) == ["a1", "a2", "b1"]
+    assert box.coalesced == 0
+
+
+async def test_full_outbox_replaces_the_unsent_frame_of_the_same_device_in_place() -> None:
+    box = Outbox(3)
+    for text in ("a1", "b1", "c1", "b2", "a2", "b3"):
+        assert box.push(text, key=text[0])
+    assert await drain(box) == ["a2", "b3", "c1"]
+    assert box.coalesced == 3
+
+
+async def test_full_outbox_compacts_older_duplicates_before_giving_up() -> None:
+    box = Outbox(3)
+    for text in ("a1", "a2", "b1"):
+        box.push(text, key=text[0])
+    assert box.push("c1", key="c")  # a1 is dropped: a2 supersedes it
+    assert await drain(box) == ["a2", "b1", "c1"]
+
+
+async def test_outbox_overflows_when_coalescing_cannot_make_room() -> None:
+    box = Outbox(2)
+    assert box.push("snapshot")
+    assert box.push("a1", key="a")
+    assert not box.push("b1", key="b")
+    assert box.overflowed
+    with pytest.raises(ClientTooSlow):
+        await box.get()
+
+
+async def test_outbox_get_waits_for_a_push() -> None:
+    box = Outbox(2)
+    got: list[str] = []
+
+    async def getter() -> None:
+        got.append(await box.get())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(getter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        box.push("x")
+    assert got == ["x"]
+
+
+@attrs.define
+class FakeClient:
+    outbox_capacity: int = 10
+    pushed: list[tuple[str, Hashable | None]] = attrs.field(factory=list)
+    slow: list[str] = attrs.field(factory=list)
+
+    def push(self, text: str, key: Hashable | None = None) -> None:
+        self.pushed.append((text, key))
+
+    def too_slow(self, why: str) -> None:
+        self.slow.append(why)
+
+
+def test_fixes_during_the_snapshot_are_held_then_only_newer_ones_delivered() -> None:
+    client = FakeClient()
+    sub = Subscription(client, "7")
+    sub.offer("a", at(5), "a5")  # arrives while the snapshot query runs
+    sub.offer("b", at(3), "b3")
+    assert client.pushed == []
+    sub.release("SNAP", {"a": at(4), "b": at(3)})  # snapshot has a@4, b@3
+    assert [t for t, _ in client.pushed] == ["SNAP", "a5"]  # b3 is in the snapshot
+    sub.offer("b", at(2), "b2")  # older than the snapshot: never a regression
+    sub.offer("b", at(6), "b6")
+    sub.offer("c", at(1), "c1")  # not in the snapshot at all
+    assert [t for t, _ in client.pushed] == ["SNAP", "a5", "b6", "c1"]
+    assert client.pushed[-1][1] == ("7", "c")
+
+
+def test_held_backlog_is_coalesced_then_too_slow() -> None:
+    client = FakeClient(outbox_capacity=2)
+    sub = Subscription(client, "7")
+    for second in range(5):
+        sub.offer("a", at(second), f"a{second}")
+    assert client.slow == []
+    sub.offer("b", at(1), "b1")
+    sub.offer("c", at(1), "c1")
+    assert client.slow
+
+
+def test_ttl_cache_expires_and_stays_bounded() -> None:
+    now = [0.0]
+    cache: TtlCache[str] = TtlCache(10, max_entries=2, clock=lambda: now[0])
+    cache.put("a", "A")
+    assert cache.get("a") == "A"
+    now[0] = 10.0
+    assert cache.get("a") is None
+    for key in "bcd":
+        cache.put(key, key.upper())
+    assert len(cache) == 2
+    assert cache.get("b") is None
+    assert cache.get("d") == "D"
+    assert TtlCache[str](0).get("x") is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed", "ok"),
+    [
+        ({"host": "race.example:8081", "origin": "http://race.example:8081"}, (), True),
+        ({"host": "race.example:8081", "origin": "https://race.example"}, (), True),
+        ({"host": "race.example:8081", "origin": "https://evil.example"}, (), False),
+        ({"host": "race.example", "origin": "https://race.example.evil.example"}, (), False),
+        ({"host": "[::1]:8081", "origin": "http://[::1]:3000"}, (), True),
+        ({"host": "ws.example", "origin": "https://app.example"}, ("https://app.example",), True),
+        ({"host": "ws.example", "origin": "https://app.example/"}, ("https://app.example",), True),
+        ({"host": "ws.example", "origin": "https://ws.example"}, ("https://app.example",), False),
+        ({"host": "ws.example"}, ("https://app.example",), True),  # not a browser
+        ({"origin": "http://x"}, (), False),
+    ],
+)
+def test_origin_guard(headers: dict[str, str], allowed: tuple[str, ...], ok: bool) -> None:
+    assert origin_allowed(headers, allowed) is ok
+
+
+def test_session_cookie_and_headers() -> None:
+    headers = request_headers(
+        [(b"Cookie", b"a=1; directus_session_token=tok"), (b"cookie", b"b=2")]
+    )
+    assert headers["cookie"] == "a=1; directus_session_token=tok; b=2"
+    assert session_cookie(headers["cookie"], "directus_session_token") == "tok"
+    assert session_cookie("directus_session_token=", "directus_session_token") is None
+    assert session_cookie("", "directus_session_token") is None
+
+
+def test_event_ids_are_plain_identifiers() -> None:
+    assert event_id_of(12) == "12"
+    assert event_id_of("abc-1") == "abc-1"
+    for bad in ("../users", "", "a" * 65, True, None, 1.5, -1, "1?x=2"):
+        assert event_id_of(bad) is None
+    assert iso(datetime(2026, 5, 12, 9, 31, 2, 123456, tzinfo=UTC)) == "2026-05-12T09:31:02.123Z"
