@@ -1,0 +1,141 @@
+"""Scaling: one vs two ``processor run`` instances on one consumer group.
+
+The database is taken out of the way by ``ALTER DATABASE <bench db> SET synchronous_commit
+= off`` (per database; no WAL flush wait at commit, everything else unchanged: the table
+stays logged). Each round drains the same backlog of ``--records`` records (``--devices``
+trackers) once with one instance and once with two (consumer names ``bench-1``,
+``bench-2``, same group), alternating the order, ``--rounds`` times. Rate = N / (newest
+``ingested_at`` - the earliest ``ready``). CPU while draining (percent of one core, from
+``/proc/<pid>/stat`` for the processors and their PostgreSQL backends, ``INFO cpu`` for
+Redis) shows where the ceiling moves: the machine has ``os.cpu_count()`` cores in total.
+
+Target: two instances >= 1.6x one. JSON: ``bench/results/scaling.json``.
+
+    python -m bench.scaling [--records 200000] [--devices 5000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    RESULTS_DIR,
+    Sandbox,
+    add_common_args,
+    copy_ceiling,
+    exit_on_bench_error,
+    fleet_fields,
+    fmt_spread,
+    install_sigterm,
+    machine,
+    parse_env,
+    print_table,
+    spread,
+    write_json,
+)
+
+TARGET_RATIO = 1.6
+
+
+def run(args: argparse.Namespace) -> int:
+    env = parse_env(args.processor_env)
+    runs: list[dict[str, Any]] = []
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "params": {
+            "records": args.records,
+            "devices": args.devices,
+            "rounds": args.rounds,
+            "processor_env": env,
+            "database": "ALTER DATABASE ... SET synchronous_commit = off",
+        },
+        "runs": runs,
+    }
+    with Sandbox.open(
+        args.admin_url, args.redis_url, database_settings={"synchronous_commit": "off"}
+    ) as sb:
+        _, fields = fleet_fields(args.records, args.devices)
+        ceilings = [copy_ceiling(sb, args.records, args.devices)]
+        for k in range(args.rounds):
+            order = (1, 2) if k % 2 == 0 else (2, 1)
+            for n in order:
+                r = sb.drain(fields, env, instances=n, label=f"scale{n}")
+                runs.append({"round": k, **r})
+        ceilings.append(copy_ceiling(sb, args.records, args.devices))
+    result["copy_ceiling_records_per_s"] = sum(ceilings) / len(ceilings)
+    one = [r for r in runs if r["instances"] == 1]
+    two = [r for r in runs if r["instances"] == 2]
+    ratios = [
+        b["records_per_s"] / a["records_per_s"]
+        for a, b in zip(
+            sorted(one, key=lambda r: r["round"]),
+            sorted(two, key=lambda r: r["round"]),
+            strict=True,
+        )
+    ]
+    result["ratio_two_over_one"] = spread(ratios)
+    result["target_met"] = result["ratio_two_over_one"]["median"] >= TARGET_RATIO
+
+    def cpu_summary(rs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        keys = rs[0]["cpu_percent"].keys()
+        return {k: spread([r["cpu_percent"][k] for r in rs]) for k in keys}
+
+    result["summary"] = {
+        "one": {
+            "records_per_s": spread([r["records_per_s"] for r in one]),
+            "cpu": cpu_summary(one),
+        },
+        "two": {
+            "records_per_s": spread([r["records_per_s"] for r in two]),
+            "cpu": cpu_summary(two),
+        },
+    }
+    rows = []
+    for label, rs in (("1 instance", one), ("2 instances", two)):
+        cpu = cpu_summary(rs)
+        total = spread([sum(r["cpu_percent"].values()) for r in rs])
+        rows.append(
+            (
+                label,
+                fmt_spread(spread([r["records_per_s"] for r in rs])),
+                ", ".join(f"{k} {v['median']:.0f}%" for k, v in cpu.items()),
+                f"{total['median']:.0f}% of {100 * (os.cpu_count() or 1)}%",
+            )
+        )
+    print_table(
+        f"scaling: {args.records:,} records, {args.devices:,} devices, synchronous_commit=off, "
+        f"{args.rounds} rounds (median [min-max]); COPY ceiling "
+        f"{result['copy_ceiling_records_per_s']:,.0f} rec/s",
+        ("", "records/s", "CPU while draining (median, % of one core)", "total CPU"),
+        rows,
+    )
+    verdict = "met" if result["target_met"] else "NOT met"
+    print(
+        f"two / one: {fmt_spread(result['ratio_two_over_one'], 'x', 2)} "
+        f"(target >= {TARGET_RATIO}x: {verdict})"
+    )
+    write_json(Path(args.out), result)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scaling", description=__doc__.split("\n\n", 1)[0]
+    )
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--devices", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "scaling.json"))
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    install_sigterm()
+    return exit_on_bench_error(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
