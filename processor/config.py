@@ -77,7 +77,7 @@ class Settings:
 
     def dlq_for(self, stream: str) -> str:
         """The DLQ of one shard: ``<shard>:dlq`` keeps its hash tag, so in a cluster the
-        XADD to it and the XACK on the shard share a slot and fit in one MULTI."""
+        XADD to it and the XACK on the shard share a slot and fit in one script."""
         return self.dlq_stream or f"{stream}:dlq"
 
     @property
@@ -519,7 +519,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _check_slots(settings: Settings) -> None:
-    """In a cluster a shard and its DLQ must share a slot: XADD dlq + XACK is one MULTI."""
+    """In a cluster a shard and its DLQ must share a slot: XADD dlq + XACK is one script."""
     for stream in settings.telemetry_streams:
         if key_slot(settings.dlq_for(stream).encode()) == key_slot(stream.encode()):
             continue

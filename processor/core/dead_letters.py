@@ -3,11 +3,12 @@
 Each dead letter carries the entry's original fields plus why it failed and where it came
 from (``error``, ``error_kind``, ``source_stream``, ``source_id``, ``group``, ``consumer``,
 ``delivery_count``, ``failed_at``), so an operator can fix and replay it. The XADD to the
-DLQ and the XACK on the main stream run in one MULTI: nothing is ever skipped silently.
+DLQ and the XACK on the main stream are one atomic step that runs only while the entry is
+still pending: nothing is skipped silently, and nothing is dead-lettered twice.
 
-With several shards each letter goes to its own shard's DLQ (``dlqs``), one MULTI per
+With several shards each letter goes to its own shard's DLQ (``dlqs``), one script per
 shard: in a cluster ``<shard>:dlq`` shares the shard's hash tag, hence its slot, which
-a MULTI requires.
+a script's keys require.
 """
 
 from __future__ import annotations
@@ -78,8 +79,13 @@ class DeadLetterRouter:
             (d.entry_id, self.fields(d, counts.get(d.entry_id, 1), failed_at, stream))
             for d in batch
         ]
-        await self.retry(self.streams.dead_letter, stream, self.group, dlq, records)
+        lettered = set(await self.retry(self.streams.dead_letter, stream, self.group, dlq, records))
         for letter in batch:
+            if letter.entry_id not in lettered:
+                # Acked already: another instance claimed and lettered it, or an earlier
+                # try of this call did and its reply was lost.
+                self.log.info("dead letter already routed", entry_id=letter.entry_id, dlq=dlq)
+                continue
             self.metrics.dead_lettered.labels(letter.error_kind).inc()
             self.log.warning(
                 "dead-lettered",

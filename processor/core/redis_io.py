@@ -26,6 +26,26 @@ _BLOCK_GRACE_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
 
 
+# KEYS: stream, dlq (one hash slot). ARGV: group, then per entry its id, the number n of
+# field items that follow, and n items (name, value, name, value, ...).
+_DEAD_LETTER_LUA = """
+local stream, dlq, group = KEYS[1], KEYS[2], ARGV[1]
+local lettered = {}
+local i = 2
+while i <= #ARGV do
+  local id, n = ARGV[i], tonumber(ARGV[i + 1])
+  if #redis.call('XPENDING', stream, group, id, id, 1) > 0 then
+    local add = {'XADD', dlq, '*'}
+    for j = 1, n do add[j + 3] = ARGV[i + 1 + j] end
+    redis.call(unpack(add))
+    redis.call('XACK', stream, group, id)
+    lettered[#lettered + 1] = id
+  end
+  i = i + 2 + n
+end
+return lettered
+"""
+
 # Entry fields as sent to XADD: str or bytes keys and values.
 Fields = Mapping[Any, Any]
 
@@ -56,6 +76,8 @@ class RedisStreams:
 
     client: aioredis.Redis | RedisCluster
     _url: str
+    # Registered on first use; redis-py reloads it by itself after a Redis restart.
+    _dead_letter_script: Any = attrs.field(default=None, init=False, repr=False)
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False) -> RedisStreams:
@@ -165,23 +187,27 @@ class RedisStreams:
 
     async def dead_letter(
         self, stream: str, group: str, dlq: str, records: Sequence[tuple[str, Fields]]
-    ) -> None:
-        """XADD each record to the DLQ and XACK it on the main stream, in one MULTI.
+    ) -> list[str]:
+        """Dead-letter each record that is still pending in the group; returns their ids.
 
-        The transaction makes add and ack one step: a crash can leave the entry pending
-        (and it is dead-lettered again: a duplicate in the DLQ, never a loss), but never
-        acked without its dead letter.
+        One script per call makes "still pending? then XADD to the DLQ and XACK" one atomic
+        step per entry, so every entry gets exactly one dead letter: a crash leaves it
+        pending (lettered on the next try), and a second router holding the same entry
+        (claimed by a survivor while Redis was down, or a retry after a lost reply) finds
+        it acked and adds nothing. A MULTI could only promise "at least one".
         """
-
-        async def transaction() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for _, fields in records:
-                    pipe.xadd(dlq, dict(fields))
-                pipe.xack(stream, group, *(entry_id for entry_id, _ in records))
-                await pipe.execute()
-
-        if records:
-            await self._call(transaction)
+        if not records:
+            return []
+        args: list[Any] = [group]
+        for entry_id, fields in records:
+            args += [entry_id, 2 * len(fields)]
+            for key, value in fields.items():
+                args += [key, value]
+        script = self._dead_letter_script
+        if script is None:
+            script = self._dead_letter_script = self.client.register_script(_DEAD_LETTER_LUA)
+        lettered = await self._call(script, keys=[stream, dlq], args=args)
+        return [_id(i) for i in lettered]
 
     async def autoclaim(
         self, stream: str, group: str, consumer: str, min_idle_ms: int, start: str, count: int

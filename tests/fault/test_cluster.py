@@ -3,7 +3,7 @@
 The cluster is started by the test (three ``redis-server --cluster-enabled yes`` on free
 ports, ``redis-cli --cluster create``), records are published with redis-py's
 ``RedisCluster`` to the shard ``shard_for`` names, and afterwards every record is one
-row, every shard has nothing pending, poison sits in its own shard's DLQ (the MULTI of
+row, every shard has nothing pending, poison sits in its own shard's DLQ (the script of
 XADD dlq + XACK only works because ``<shard>:dlq`` shares the shard's slot), and
 ``processor status`` reports all 16 shards.
 """

@@ -53,7 +53,7 @@ def test_one_dlq_for_several_cluster_shards_is_refused() -> None:
     assert config.load(env).dlq_keys == ("t:{0}:dlq", "t:{1}:dlq")
     with pytest.raises(config.ConfigError, match="DLQ_STREAM"):
         config.load({**env, "DLQ_STREAM": "dead"})
-    # On one Redis a shared DLQ is fine (MULTI needs no common slot there).
+    # On one Redis a shared DLQ is fine (its script needs no common slot there).
     shared = config.load({"REDIS_TELEMETRY_STREAM": "t:{0..1}", "DLQ_STREAM": "dead"})
     assert shared.dlq_keys == ("dead",)
 
