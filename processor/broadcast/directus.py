@@ -47,17 +47,20 @@ class Directus:
     http: httpx.AsyncClient
     users: TtlCache[tuple[str | None]]  # credential -> (user id or None = denied,)
     events: TtlCache[bool]  # (credential, event id) -> may read
+    timeout_s: float = REQUEST_TIMEOUT_S
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, url: str, cache_s: float) -> AsyncIterator[Directus]:
+    async def open(
+        cls, url: str, cache_s: float, timeout_s: float = REQUEST_TIMEOUT_S
+    ) -> AsyncIterator[Directus]:
         async with httpx.AsyncClient(
             base_url=url.rstrip("/"),
-            timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
+            timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(max_connections=MAX_CONNECTIONS),
             follow_redirects=False,
         ) as http:
-            yield cls(http, TtlCache(cache_s), TtlCache(cache_s))
+            yield cls(http, TtlCache(cache_s), TtlCache(cache_s), timeout_s)
 
     async def user_id(self, credential: Credential) -> str | None:
         """The Directus user behind ``credential``, or None when it is not valid."""
@@ -87,7 +90,8 @@ class Directus:
 
     async def _get(self, path: str, credential: Credential) -> httpx.Response:
         try:
-            with trio.fail_after(REQUEST_TIMEOUT_S + 1):
+            # httpx's timeout is per phase (connect, each read); this bounds the whole.
+            with trio.fail_after(self.timeout_s + 1):
                 response = await self.http.get(path, headers=credential.headers())
         except (trio.TooSlowError, httpx.HTTPError) as exc:
             raise DirectusUnavailable(str(exc) or type(exc).__name__) from exc

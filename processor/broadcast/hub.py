@@ -86,4 +86,4 @@ class Hub:
     def publish_timing(self, event_id: str, text: str) -> None:
         """Hand a timing frame to every subscription of the event (never coalesced)."""
         for sub in list(self._subscribers.get(event_id, ())):
-            sub.client.push(text)
+            sub.offer_unkeyed(text)

@@ -7,6 +7,8 @@ sent ahead of the snapshot. ``release`` then queues the snapshot and the held fr
 from then on a device's frame passes only if it is newer than that device's fix in the
 snapshot (its ``floor``). The hub already drops fixes older than the last one it
 broadcast, so after the first frame that passes a floor the floor is no longer needed.
+Timing frames are held the same way (never coalesced, never dropped): whatever a client
+gets for an event comes after that event's snapshot.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from datetime import datetime
 from typing import Protocol
 
 import attrs
+
+# (device, fix time, frame) of a position held during the snapshot, or a bare frame
+# (timing) that no newer frame replaces.
+Held = tuple[str, datetime, str] | str
 
 
 class Recipient(Protocol):
@@ -32,7 +38,7 @@ class Recipient(Protocol):
 class Subscription:
     client: Recipient
     event_id: str
-    _held: list[tuple[str, datetime, str]] | None = attrs.field(factory=list, init=False)
+    _held: list[Held] | None = attrs.field(factory=list, init=False)
     _floor: dict[str, datetime] = attrs.field(factory=dict, init=False)
 
     @property
@@ -44,22 +50,32 @@ class Subscription:
         if self._held is None:
             self._deliver(device_id, ts, text)
             return
-        self._held.append((device_id, ts, text))
-        if len(self._held) > self.client.outbox_capacity:
-            newest: dict[str, tuple[str, datetime, str]] = {}
-            for item in self._held:
-                newest[item[0]] = item
-            self._held = list(newest.values())
-            if len(self._held) > self.client.outbox_capacity:
-                self.client.too_slow("too many fixes while the snapshot was built")
+        self._hold(self._held, (device_id, ts, text))
+
+    def offer_unkeyed(self, text: str) -> None:
+        """A frame that no newer one replaces (timing); after the snapshot, like fixes."""
+        if self._held is None:
+            self.client.push(text)
+            return
+        self._hold(self._held, text)
+
+    def _hold(self, held: list[Held], item: Held) -> None:
+        held.append(item)
+        if len(held) > self.client.outbox_capacity:
+            self._held = held = _coalesced(held)
+            if len(held) > self.client.outbox_capacity:
+                self.client.too_slow("too many frames while the snapshot was built")
 
     def release(self, snapshot: str, floor: Mapping[str, datetime]) -> None:
         """Queue the snapshot, then the frames held meanwhile that are newer than it."""
         held, self._held = self._held or [], None
         self._floor = dict(floor)
         self.client.push(snapshot)
-        for device_id, ts, text in held:
-            self._deliver(device_id, ts, text)
+        for item in held:
+            if isinstance(item, str):
+                self.client.push(item)
+            else:
+                self._deliver(*item)
 
     def _deliver(self, device_id: str, ts: datetime, text: str) -> None:
         floor = self._floor.get(device_id)
@@ -68,3 +84,15 @@ class Subscription:
                 return
             del self._floor[device_id]
         self.client.push(text, (self.event_id, device_id))
+
+
+def _coalesced(held: list[Held]) -> list[Held]:
+    """Each device's newest held fix, at its first fix's place; bare frames all kept."""
+    newest = {item[0]: item for item in held if not isinstance(item, str)}
+    out: list[Held] = []
+    for item in held:
+        if isinstance(item, str):
+            out.append(item)
+        elif item[0] in newest:
+            out.append(newest.pop(item[0]))
+    return out

@@ -81,8 +81,10 @@ async def test_fixes_arriving_during_the_snapshot_query_are_neither_lost_nor_rep
 async def test_shutdown_closes_every_client_with_1001_and_stops_accepting(
     settings: config.Settings, directus: DirectusStub, race: Race, nursery: trio.Nursery
 ) -> None:
-    run = await start_app(nursery, ws_settings(settings, directus.url))
+    budget = 5.0
+    run = await start_app(nursery, ws_settings(settings, directus.url, shutdown_budget_s=budget))
     codes: list[int] = []
+    closed_at: list[float] = []
 
     async def client(ready: trio.Event) -> None:
         async with open_websocket_url(run.url, extra_headers=cookie("good")) as ws:
@@ -93,14 +95,17 @@ async def test_shutdown_closes_every_client_with_1001_and_stops_accepting(
             with pytest.raises(ConnectionClosed) as closed:
                 await recv(ws, timeout=10)
             codes.append(closed.value.reason.code)
+            closed_at.append(trio.current_time())
 
     async with trio.open_nursery() as clients:
         for _ in range(3):
             ready = trio.Event()
             clients.start_soon(client, ready)
             await ready.wait()
+        began = trio.current_time()
         run.app.shutdown.begin("test")  # the clients' recv deadline bounds the wait
     assert codes == [1001, 1001, 1001]
+    assert max(closed_at) - began < budget
     await wait_for(run.done.is_set, 15, what="app exit")
     with pytest.raises((HandshakeError, OSError)):
         async with open_websocket_url(run.url, extra_headers=cookie("good"), connect_timeout=2):
@@ -144,5 +149,8 @@ async def test_every_instance_serves_its_clients_the_whole_feed(
         publish(sync_redis, settings.telemetry_stream, fixes)
     assert received[0] == expected
     assert received[1] == expected
+    # Plain XREAD: the broadcast leaves no consumer group of its own in Redis.
+    groups = sync_redis.xinfo_groups(settings.telemetry_stream)
+    assert [g["name"] for g in groups] == [settings.consumer_group.encode()]
     for run in runs:
         await run.stop()

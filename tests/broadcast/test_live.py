@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+import uuid
+from typing import Any, cast
 
+import psycopg
 import pytest
 import redis
 import trio
@@ -11,9 +14,11 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 
 from processor import config
 from processor.broadcast.frames import iso
+from processor.broadcast.plugin import BroadcastPlugin
+from tests import helpers
 from tests.broadcast.directus_stub import DirectusStub
 from tests.broadcast.live import Race, cookie, recv, send, start_app, store_fix, ws_settings
-from tests.helpers import make_position, publish
+from tests.helpers import make_position, publish, wait_for
 
 
 def fix(device: str, second: float, **changes: Any) -> Any:
@@ -199,3 +204,127 @@ async def test_subscription_errors(
     await run.stop()
     assert run.metric("processor_ws_subscriptions") == 0
     assert run.metric("processor_ws_clients") == 0
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_directus_unreachable_or_down_is_1013_for_cookie_and_first_frame(
+    settings: config.Settings, directus: DirectusStub, race: Race, nursery: trio.Nursery
+) -> None:
+    unreachable = await start_app(
+        nursery, ws_settings(settings, f"http://127.0.0.1:{closed_port()}")
+    )
+    async with open_websocket_url(unreachable.url, extra_headers=cookie("good")) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws)
+        assert closed.value.reason.code == 1013
+    async with open_websocket_url(unreachable.url) as ws:
+        await send(ws, type="auth", access_token="good")
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws)
+        assert closed.value.reason.code == 1013
+    failures = "processor_ws_auth_failures_total"
+    assert unreachable.metric(failures, reason="directus_unavailable") == 2
+    await unreachable.stop()
+
+    run = await start_app(nursery, ws_settings(settings, directus.url))
+    directus.status_override = 503
+    async with open_websocket_url(run.url) as ws:
+        await send(ws, type="auth", access_token="good")
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws)  # never a hello
+        assert closed.value.reason.code == 1013
+    directus.status_override = None
+    async with open_websocket_url(run.url) as ws:  # the failure was not cached
+        await send(ws, type="auth", access_token="good")
+        assert (await recv(ws))["user_id"] == "u1"
+    await run.stop()
+
+
+async def test_entries_changed_in_the_database_are_picked_up_without_a_restart(
+    settings: config.Settings,
+    directus: DirectusStub,
+    race: Race,
+    sync_redis: redis.Redis,
+    nursery: trio.Nursery,
+) -> None:
+    run = await start_app(nursery, ws_settings(settings, directus.url))
+    assert run.plugin.hub is not None
+    roster = run.plugin.hub.roster
+    a, b, _ = race.devices
+    newcomer = f"N{uuid.uuid4().hex[:12]}"
+    stream = settings.telemetry_stream
+
+    async with open_websocket_url(run.url, extra_headers=cookie("good")) as ws:
+        await recv(ws)
+        await send(ws, type="subscribe", event_id=race.event_id)
+        assert (await recv(ws))["positions"] == []
+
+        with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+            device = conn.execute(
+                "INSERT INTO devices (imei) VALUES (%s) RETURNING id", (newcomer,)
+            ).fetchone()
+            assert device is not None
+            entry = conn.execute(
+                "INSERT INTO entries (event_id, device_id) VALUES (%s, %s) RETURNING id",
+                (int(race.event_id), device[0]),
+            ).fetchone()
+            assert entry is not None
+            conn.execute("DELETE FROM entries WHERE id = %s", (race.entries[a],))
+        await wait_for(
+            lambda: newcomer in roster.current.by_device and a not in roster.current.by_device,
+            10,
+            what="the roster refresh",
+        )
+        publish(sync_redis, stream, [fix(a, 20), fix(newcomer, 21), fix(b, 22)])
+        got = [await recv(ws), await recv(ws)]
+        assert [(f["device_id"], f["entry_id"]) for f in got] == [
+            (newcomer, int(entry[0])),
+            (b, race.entries[b]),
+        ]  # a is no longer entered: its fix is not the event's any more
+    await run.stop()
+
+
+async def test_positions_carry_the_io_mapping_s_named_attributes(
+    settings: config.Settings,
+    directus: DirectusStub,
+    race: Race,
+    sync_redis: redis.Redis,
+    nursery: trio.Nursery,
+) -> None:
+    """With the daemon's default plug-ins, ``attrs`` is the domain's IO mapping of the
+    raw IO bag (here a Directus ``io_mappings`` table of a model of its own)."""
+    model = f"M{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE devices SET model = %s WHERE imei = ANY(%s)", (model, race.devices))
+        for io_id, name, scale, kind in (
+            (239, "contact", 1, "bool"),
+            (66, "volts", 0.001, "number"),
+        ):
+            conn.execute(
+                "INSERT INTO io_mappings (model, io_id, name, scale, kind)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (model, io_id, name, scale, kind),
+            )
+    running = await helpers.start_app(nursery, ws_settings(settings, directus.url))
+    assert [p.name for p in running.app.plugins] == ["domain", "broadcast"]
+    url = f"ws://127.0.0.1:{cast(BroadcastPlugin, running.app.plugins[1]).port}/ws"
+    a, b, _ = race.devices
+    store_fix(settings.postgres_url, make_position(a, 5, attributes={"239": 1, "66": 12000}))
+
+    async with open_websocket_url(url, extra_headers=cookie("good")) as ws:
+        await recv(ws)
+        await send(ws, type="subscribe", event_id=race.event_id)
+        (stored,) = (await recv(ws))["positions"]
+        assert stored["attrs"] == {"contact": True, "volts": 12.0}
+        publish(sync_redis, settings.telemetry_stream, [make_position(b, 6, attributes={"239": 0})])
+        live = await recv(ws)
+        assert (live["device_id"], live["attrs"]) == (b, {"contact": False})
+    running.app.shutdown.begin("test")
+    await wait_for(running.done.is_set, 15, what="app exit")

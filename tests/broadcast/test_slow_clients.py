@@ -23,7 +23,7 @@ from processor import config
 from processor.broadcast.frames import iso
 from tests.broadcast.directus_stub import DirectusStub
 from tests.broadcast.live import Race, Running, cookie, recv, send, start_app, ws_settings
-from tests.helpers import make_position, publish, wait_for
+from tests.helpers import count_rows, make_position, publish, wait_for
 
 ROUND = 300  # fixes published per round while waiting for the server to react
 
@@ -97,6 +97,13 @@ async def test_slow_client_gets_coalesced_fixes_in_order_and_stays_connected(
             settings.telemetry_stream,
             devices,
             "processor_ws_frames_coalesced_total",
+        )
+        # The client has not read a frame yet: the write pipeline stored everything.
+        prefix = devices[0][:-3]  # make_race: one prefix, then a 3-digit number
+        await wait_for(
+            lambda: count_rows(settings.postgres_url, prefix) == len(published),
+            30,
+            what="every published fix stored while the slow client is stuck",
         )
         # Coalescing replaces a device's unsent frame where it stands in the queue, so
         # devices may overtake each other; per device, fixes only move forward.

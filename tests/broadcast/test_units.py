@@ -10,10 +10,18 @@ import pytest
 import trio
 import trio.testing
 
+from processor import config
+from processor.broadcast.directus import Credential, Directus, DirectusUnavailable
 from processor.broadcast.frames import event_id_of, iso
-from processor.broadcast.handshake import request_headers, session_cookie
+from processor.broadcast.handshake import (
+    AUTH_FRAME_TIMEOUT_S,
+    PATH,
+    request_headers,
+    session_cookie,
+)
 from processor.broadcast.origin import origin_allowed
 from processor.broadcast.outbox import ClientTooSlow, Outbox
+from processor.broadcast.server import MAX_FRAME_BYTES
 from processor.broadcast.subscription import Subscription
 from processor.broadcast.ttl_cache import TtlCache
 
@@ -169,3 +177,53 @@ def test_event_ids_are_plain_identifiers() -> None:
     for bad in ("../users", "", "a" * 65, True, None, 1.5, -1, "1?x=2"):
         assert event_id_of(bad) is None
     assert iso(datetime(2026, 5, 12, 9, 31, 2, 123456, tzinfo=UTC)) == "2026-05-12T09:31:02.123Z"
+
+
+def test_contract_defaults() -> None:
+    """The numbers live-protocol.md promises, as the daemon's defaults."""
+    s = config.load({})
+    assert (s.ws_port, s.ws_cookie_name, s.ws_allowed_origins) == (
+        8081,
+        "directus_session_token",
+        (),
+    )
+    assert (s.ws_ping_interval_s, s.ws_ping_timeout_s) == (25.0, 10.0)
+    assert (s.ws_max_subscriptions, s.ws_auth_cache_s) == (50, 30.0)
+    assert (MAX_FRAME_BYTES, PATH, AUTH_FRAME_TIMEOUT_S) == (64 * 1024, "/ws", 5.0)
+    origins = config.load({"WS_ALLOWED_ORIGINS": "https://a.example, https://b.example/"})
+    assert origins.ws_allowed_origins == ("https://a.example", "https://b.example")
+
+
+async def test_directus_that_does_not_answer_is_unavailable_within_the_timeout() -> None:
+    """A Directus that accepts the connection but never answers, and one not listening."""
+    credential = Credential("cookie", "directus_session_token=t")
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")  # never accepts
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        async with Directus.open(f"http://127.0.0.1:{port}", 30, timeout_s=0.3) as directus:
+            started = trio.current_time()
+            with pytest.raises(DirectusUnavailable), trio.fail_after(5):
+                await directus.user_id(credential)
+            assert trio.current_time() - started >= 0.3
+            with pytest.raises(DirectusUnavailable), trio.fail_after(5):
+                await directus.may_read_event(credential, "1")
+            assert (len(directus.users), len(directus.events)) == (0, 0)  # never cached
+    async with Directus.open(f"http://127.0.0.1:{port}", 30, timeout_s=0.3) as directus:
+        with pytest.raises(DirectusUnavailable), trio.fail_after(5):
+            await directus.user_id(credential)
+
+
+def test_timing_frames_during_the_snapshot_come_after_it_and_are_never_coalesced() -> None:
+    client = FakeClient(outbox_capacity=4)
+    sub = Subscription(client, "7")
+    sub.offer("a", at(5), "a5")
+    sub.offer_unkeyed("T1")
+    sub.offer("a", at(6), "a6")
+    sub.offer("b", at(6), "b6")
+    sub.offer("a", at(7), "a7")  # over capacity: a's fixes coalesce, T1 stays
+    assert client.pushed == []
+    assert client.slow == []
+    sub.release("SNAP", {})
+    assert [t for t, _ in client.pushed] == ["SNAP", "a7", "T1", "b6"]
+    sub.offer_unkeyed("T2")  # live now: straight through
+    assert client.pushed[-1] == ("T2", None)
