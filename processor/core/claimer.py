@@ -12,7 +12,9 @@ dead-lettering good records because of an outage.
 
 Consumers left behind by dead instances are removed (``XGROUP DELCONSUMER``) once they
 own nothing and have been idle past the claim threshold; a live consumer that happens to
-be removed is recreated by Redis on its next read.
+be removed is recreated by Redis on its next read. "Owns nothing" is checked in the same
+script that deletes: DELCONSUMER drops a consumer's pending entries with it, so a check
+a moment earlier would lose whatever that consumer read in between.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Claimer:
                     "trimmed",
                     "entry was trimmed from the stream while pending; its content is lost upstream",
                     stream=self.stream,
+                    still_pending=False,  # XAUTOCLAIM dropped it from the PEL, to us alone
                 )
                 for i in deleted
             ]
@@ -133,9 +136,13 @@ class Claimer:
                 and consumer["pending"] == 0
                 and consumer["idle_ms"] > self.threshold_ms
             ):
-                await self.retry(
-                    self.streams.delete_consumer, self.stream, self.group, consumer["name"]
-                )
+                if not await self.retry(
+                    self.streams.delete_consumer_if_idle,
+                    self.stream,
+                    self.group,
+                    consumer["name"],
+                ):
+                    continue  # it read entries since XINFO: alive after all
                 removed.append(consumer["name"])
                 self.log.info(
                     "removed departed consumer",

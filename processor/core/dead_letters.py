@@ -76,7 +76,11 @@ class DeadLetterRouter:
         counts = await self.retry(self.streams.delivery_counts, stream, self.group, unknown)
         failed_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         records = [
-            (d.entry_id, self.fields(d, counts.get(d.entry_id, 1), failed_at, stream))
+            (
+                d.entry_id,
+                d.still_pending,
+                self.fields(d, counts.get(d.entry_id, 1), failed_at, stream),
+            )
             for d in batch
         ]
         lettered = set(await self.retry(self.streams.dead_letter, stream, self.group, dlq, records))

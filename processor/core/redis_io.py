@@ -17,7 +17,7 @@ import redis.exceptions as rexc
 import trio
 from redis.asyncio.cluster import RedisCluster
 
-from processor.core import bridge
+from processor.core import bridge, redis_scripts
 from processor.core.model import RawEntry
 
 # Slack on top of a blocking read's own BLOCK time before the wait counts as a hang.
@@ -25,26 +25,6 @@ _BLOCK_GRACE_S = 5.0
 # A non-blocking command that takes longer than this means Redis is in trouble.
 _COMMAND_TIMEOUT_S = 10.0
 
-
-# KEYS: stream, dlq (one hash slot). ARGV: group, then per entry its id, the number n of
-# field items that follow, and n items (name, value, name, value, ...).
-_DEAD_LETTER_LUA = """
-local stream, dlq, group = KEYS[1], KEYS[2], ARGV[1]
-local lettered = {}
-local i = 2
-while i <= #ARGV do
-  local id, n = ARGV[i], tonumber(ARGV[i + 1])
-  if #redis.call('XPENDING', stream, group, id, id, 1) > 0 then
-    local add = {'XADD', dlq, '*'}
-    for j = 1, n do add[j + 3] = ARGV[i + 1 + j] end
-    redis.call(unpack(add))
-    redis.call('XACK', stream, group, id)
-    lettered[#lettered + 1] = id
-  end
-  i = i + 2 + n
-end
-return lettered
-"""
 
 # Entry fields as sent to XADD: str or bytes keys and values.
 Fields = Mapping[Any, Any]
@@ -76,8 +56,9 @@ class RedisStreams:
 
     client: aioredis.Redis | RedisCluster
     _url: str
-    # Registered on first use; redis-py reloads it by itself after a Redis restart.
-    _dead_letter_script: Any = attrs.field(default=None, init=False, repr=False)
+    # Lua scripts by text, registered on first use; redis-py reloads one by itself when
+    # a restarted Redis answers NOSCRIPT.
+    _scripts: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False)
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False) -> RedisStreams:
@@ -185,29 +166,48 @@ class RedisStreams:
     async def length(self, stream: str) -> int:
         return int(await self._call(self.client.xlen, stream))
 
-    async def dead_letter(
-        self, stream: str, group: str, dlq: str, records: Sequence[tuple[str, Fields]]
-    ) -> list[str]:
-        """Dead-letter each record that is still pending in the group; returns their ids.
+    async def _script(self, lua: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script = self._scripts.get(lua)
+        if script is None:
+            script = self._scripts[lua] = self.client.register_script(lua)
+        return await self._call(script, keys=list(keys), args=list(args))
 
-        One script per call makes "still pending? then XADD to the DLQ and XACK" one atomic
-        step per entry, so every entry gets exactly one dead letter: a crash leaves it
-        pending (lettered on the next try), and a second router holding the same entry
-        (claimed by a survivor while Redis was down, or a retry after a lost reply) finds
-        it acked and adds nothing. A MULTI could only promise "at least one".
+    async def dead_letter(
+        self, stream: str, group: str, dlq: str, records: Sequence[tuple[str, bool, Fields]]
+    ) -> list[str]:
+        """XADD each ``(id, still_pending, fields)`` to the DLQ and XACK it, atomically;
+        returns the ids lettered.
+
+        An entry expected to be ``still_pending`` is lettered only if it is, so every
+        entry gets exactly one dead letter: a crash leaves it pending (lettered on the
+        next try), and a second router holding it, or a retry after a lost reply, adds
+        nothing (``redis_scripts.DEAD_LETTER``).
         """
         if not records:
             return []
         args: list[Any] = [group]
-        for entry_id, fields in records:
-            args += [entry_id, 2 * len(fields)]
+        for entry_id, still_pending, fields in records:
+            args += [entry_id, "1" if still_pending else "0", 2 * len(fields)]
             for key, value in fields.items():
                 args += [key, value]
-        script = self._dead_letter_script
-        if script is None:
-            script = self._dead_letter_script = self.client.register_script(_DEAD_LETTER_LUA)
-        lettered = await self._call(script, keys=[stream, dlq], args=args)
+        lettered = await self._script(redis_scripts.DEAD_LETTER, [stream, dlq], args)
         return [_id(i) for i in lettered]
+
+    async def replay_letter(
+        self, dlq: str, entry_id: str, target: str, fields: Fields
+    ) -> str | None:
+        """XADD ``fields`` to ``target`` and XDEL ``entry_id`` from ``dlq`` in one step, if
+        the entry is still in the DLQ; the new entry's id, or None when it was not."""
+        args: list[Any] = [entry_id]
+        for key, value in fields.items():
+            args += [key, value]
+        new_id = await self._script(redis_scripts.REPLAY_LETTER, [dlq, target], args)
+        return None if new_id is None else _id(new_id)
+
+    async def delete_consumer_if_idle(self, stream: str, group: str, consumer: str) -> bool:
+        """XGROUP DELCONSUMER, only if ``consumer`` owns no pending entry at that moment."""
+        args = [group, consumer]
+        return bool(await self._script(redis_scripts.DELETE_CONSUMER_IF_IDLE, [stream], args))
 
     async def autoclaim(
         self, stream: str, group: str, consumer: str, min_idle_ms: int, start: str, count: int

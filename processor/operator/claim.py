@@ -94,23 +94,25 @@ async def run(ctx: Context, args: argparse.Namespace) -> Report:
             f" (consumers: {', '.join(names) or 'none'})"
         )
     seen = claimed = left = 0
-    deleted = False
+    kept = args.keep_consumer
     for shard in names[args.source]:
         shard_seen, shard_claimed = await _claim_shard(ctx, streams, shard, args)
         seen, claimed = seen + shard_seen, claimed + shard_claimed
         consumers = await streams.consumers(shard, s.consumer_group)
-        shard_left = next((c["pending"] for c in consumers if c["name"] == args.source), 0)
-        left += shard_left
-        if not args.keep_consumer and shard_left == 0:
-            await streams.delete_consumer(shard, s.consumer_group, args.source)
-            deleted = True
+        left += next((c["pending"] for c in consumers if c["name"] == args.source), 0)
+        # The "owns nothing" check is in the deleting script: an instance alive after all
+        # may have read entries since, and DELCONSUMER would drop them from the PEL.
+        if not args.keep_consumer and not await streams.delete_consumer_if_idle(
+            shard, s.consumer_group, args.source
+        ):
+            kept = True
     data: dict[str, Any] = {
         "from": args.source,
         "to": args.target,
         "claimed": claimed,
         "left": left,
         "gone": max(seen - claimed - left, 0),
-        "consumer_deleted": deleted and left == 0,
+        "consumer_deleted": not kept,
         "handover_idle_ms": s.claim_threshold_ms,
     }
     return Report(data, _text(data, args.min_idle_ms))

@@ -1,10 +1,13 @@
 """``processor dlq replay``: put dead letters back on the main stream, once fixed.
 
 Each entry is XADDed to its source stream with the fields ingestion sent (the router's
-added fields stripped, ``orig:<name>`` restored), and XDELed from the DLQ only after the
-add succeeded: a crash in between leaves a duplicate (harmless, writes are idempotent),
-never a loss. ``--all`` stops at the DLQ's last entry as of the start, so entries that
-fail again and come back to the DLQ while it runs are not replayed in a loop.
+added fields stripped, ``orig:<name>`` restored) and XDELed from the DLQ in one script
+that runs only while the entry is still in the DLQ: every dead letter is replayed exactly
+once. Two XADD-then-XDEL calls could only promise "at least once": a retry after a lost
+reply, a crash between them, or two operators replaying at the same time re-published
+the entry twice, and a record still poison then came back as two dead letters.
+``--all`` stops at the DLQ's last entry as of the start, so entries that fail again and
+come back to the DLQ while it runs are not replayed in a loop.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 from typing import Any
 
 import attrs
+from redis.crc import key_slot
 
 from processor import exit_codes
 from processor.core.model import RawEntry
@@ -32,9 +36,11 @@ def register(actions: Subparsers, common: argparse.ArgumentParser) -> None:
         parents=[common],
         epilog=ENV_HELP,
         help="re-add dead letters to the main stream, then remove them from the DLQ",
-        description="XADD each dead letter's original fields back to its source stream, "
-        "then XDEL it from the DLQ (only after the add succeeded). Exit 1 when a named "
-        "entry is missing or an entry cannot be replayed (it has no original fields).",
+        description="XADD each dead letter's original fields back to its source stream "
+        "and XDEL it from the DLQ, in one atomic step: each dead letter is replayed exactly "
+        "once, even when retried or run twice at the same time. Exit 1 when an entry is "
+        "missing (or was replayed meanwhile by another run) or cannot be replayed (it has "
+        "no original fields).",
     )
     parser.add_argument(
         "ids", nargs="*", type=validate.entry_id, metavar="ID", help="DLQ entry ids"
@@ -107,10 +113,17 @@ async def _replay(
         if target == dlq:
             out.skipped.append({"id": entry.entry_id, "reason": "its source stream is the DLQ"})
             continue
+        if ctx.settings.cluster and key_slot(target.encode()) != key_slot(dlq.encode()):
+            out.skipped.append(
+                {"id": entry.entry_id, "reason": f"{target} is in another cluster slot than {dlq}"}
+            )
+            continue
         new_id = None
         if not dry_run:
-            new_id = await streams.add(target, original)
-            await streams.delete(dlq, [entry.entry_id])
+            new_id = await streams.replay_letter(dlq, entry.entry_id, target, original)
+            if new_id is None:
+                out.missing.append(entry.entry_id)  # replayed or purged by someone else
+                continue
         out.replayed.append({"id": entry.entry_id, "stream": target, "new_id": new_id})
 
 

@@ -14,6 +14,7 @@ from processor import config
 from processor.app import App
 from processor.core.codec import encode
 from processor.core.model import Position
+from processor.core.redis_io import RedisStreams
 from tests.helpers import count_rows, group_pending, make_position, start_app, wait_for
 
 
@@ -63,6 +64,9 @@ async def test_dead_consumers_entries_are_claimed_written_and_consumer_removed(
         ),
         what="dead consumer removed",
     )
+    # A claim is a re-delivery: both counters see every stranded entry.
+    assert app.metrics.claimed._value.get() >= 40
+    assert app.metrics.delivery_retries._value.get() >= 40
 
 
 async def test_entry_delivered_too_often_is_dead_lettered(
@@ -81,3 +85,46 @@ async def test_entry_delivered_too_often_is_dead_lettered(
     assert fields[b"source_id"] == entry_id.encode()
     assert int(fields[b"delivery_count"]) >= 3
     await wait_for(lambda: group_pending(sync_redis, stream) == 0, what="acked")
+
+
+async def test_entry_trimmed_while_pending_is_dead_lettered_as_trimmed(
+    app: App, claim_settings: config.Settings, sync_redis: redis.Redis
+) -> None:
+    stream = claim_settings.telemetry_stream
+    [gone, kept] = _publish_stranded(
+        sync_redis,
+        stream,
+        "trimmed-owner",
+        [make_position(f"T{uuid.uuid4().hex[:8]}", second=s) for s in range(2)],
+    )
+    sync_redis.xdel(stream, gone)
+    dlq = claim_settings.dlq_stream_key
+    # A sweep runs every 100 ms and takes both entries in one XAUTOCLAIM.
+    await wait_for(lambda: sync_redis.xlen(dlq) >= 1, 5, what="a dead letter")
+    await wait_for(lambda: group_pending(sync_redis, stream) == 0, what="all claimed")
+    letters = sync_redis.xrange(dlq)
+    assert [(f[b"source_id"], f[b"error_kind"]) for _, f in letters] == [
+        (gone.encode(), b"trimmed")
+    ]
+    assert kept not in {f[b"source_id"].decode() for _, f in letters}
+
+
+async def test_a_consumer_is_deleted_only_while_it_owns_nothing(
+    settings: config.Settings, sync_redis: redis.Redis, bridge: None
+) -> None:
+    """DELCONSUMER drops a consumer's pending entries with it: the "owns nothing" check
+    must be part of the delete, or entries read in between are lost from the group."""
+    stream = settings.telemetry_stream
+    sync_redis.xgroup_create(stream, "processor", id="0", mkstream=True)
+    [held] = _publish_stranded(sync_redis, stream, "busy", [make_position("E1")])
+    sync_redis.xgroup_createconsumer(stream, "processor", "idle")
+    streams = await RedisStreams.connect(settings.redis_url)
+    try:
+        kept = await streams.delete_consumer_if_idle(stream, "processor", "busy")
+        gone = await streams.delete_consumer_if_idle(stream, "processor", "idle")
+    finally:
+        await streams.aclose()
+    assert (kept, gone) == (False, True)
+    assert {c["name"].decode() for c in sync_redis.xinfo_consumers(stream, "processor")} == {"busy"}
+    [row] = sync_redis.xpending_range(stream, "processor", "-", "+", 10)
+    assert (row["message_id"].decode(), row["consumer"]) == (held, b"busy")

@@ -89,7 +89,7 @@ async def test_an_entry_already_acked_is_not_dead_lettered(
     streams = await RedisStreams.connect(settings.redis_url)
     try:
         lettered = await streams.dead_letter(
-            stream, GROUP, settings.dlq_stream_key, [(entry_id, {b"payload": b"x"})]
+            stream, GROUP, settings.dlq_stream_key, [(entry_id, True, {b"payload": b"x"})]
         )
     finally:
         await streams.aclose()

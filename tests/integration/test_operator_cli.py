@@ -16,8 +16,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import trio
+from redis.crc import key_slot
 
 from processor import config, exit_codes
+from processor.cli import _parser
 from processor.core.codec import encode
 from processor.core.control import ControlListener, control_channel
 from processor.core.dead_letters import DeadLetterRouter
@@ -25,9 +27,12 @@ from processor.core.hot_state import DeviceStates
 from processor.core.messages import DeadLetter
 from processor.core.metrics import Metrics
 from processor.core.migrate import apply_migrations
+from processor.core.model import RawEntry
 from processor.core.pg_io import PositionStore
 from processor.core.redis_io import RedisStreams
 from processor.logs import make_logger
+from processor.operator import replay
+from processor.operator.session import Context
 from tests.helpers import BASE_TIME, make_position, publish, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -367,3 +372,74 @@ async def test_rehydrate_reaches_a_running_listener(
         assert metrics.rehydrations._value.get() == 1
         nursery.cancel_scope.cancel()
     await streams.aclose()
+
+
+async def test_dlq_replay_is_exactly_once_when_run_twice_on_the_same_page(
+    bridge: None, settings: config.Settings, sync_redis: redis.Redis
+) -> None:
+    """Two runs that read the same page (two operators at once, or a rerun after a lost
+    reply) re-publish each dead letter once: a second copy of a record that is still
+    poison would come back as a second dead letter."""
+    poison = DeadLetter("1-1", {b"payload": b"{not json"}, "malformed_payload", "not JSON")
+    letter_id = _dead_letter(settings, sync_redis, poison)
+    dlq = settings.dlq_stream_key
+    streams = await RedisStreams.connect(settings.redis_url)
+    try:
+        ctx = Context(settings, streams=streams)
+        page = await streams.range(dlq)
+        first, second = replay._Outcome(), replay._Outcome()
+        await replay._replay(ctx, streams, dlq, page, False, first)
+        await replay._replay(ctx, streams, dlq, page, False, second)
+        # In a cluster a script's keys must share a slot; one that cannot is skipped with
+        # its reason, not sent (redis-py would report a "cluster down" error for it).
+        elsewhere = attrs.evolve(settings, redis_cluster=True)
+        other = next(
+            f"{{t{n}}}:telemetry"
+            for n in range(100)
+            if key_slot(f"{{t{n}}}:telemetry".encode()) != key_slot(dlq.encode())
+        )
+        stray = {**page[0].fields, b"source_stream": other.encode()}
+        skipped = replay._Outcome()
+        await replay._replay(
+            Context(elsewhere, streams=streams),
+            streams,
+            dlq,
+            [RawEntry(letter_id, stray)],
+            False,
+            skipped,
+        )
+    finally:
+        await streams.aclose()
+
+    [(new_id, fields)] = sync_redis.xrange(settings.telemetry_stream)
+    assert fields == {b"payload": b"{not json"}
+    assert [e["new_id"] for e in first.replayed] == [new_id.decode()]
+    assert (second.replayed, second.missing) == ([], [letter_id])
+    assert sync_redis.xlen(dlq) == 0
+    assert skipped.replayed == []
+    [reason] = skipped.skipped
+    assert "another cluster slot" in reason["reason"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["pending"],
+        ["claim"],
+        ["dlq", "list"],
+        ["dlq", "show"],
+        ["dlq", "replay"],
+        ["dlq", "purge"],
+        ["rehydrate"],
+    ],
+)
+def test_every_operator_command_has_help_and_json(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args([*command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: processor {' '.join(command)}"), out
+    assert "--json" in out
