@@ -4,6 +4,9 @@ A crash in a long-running daemon is investigated after the fact; the traceback a
 does not say which devices were in flight or how far behind the group was. The dump is
 one JSON file per crash in ``PANIC_DUMP_DIR`` (small: counts and the newest fix per
 device, capped), written synchronously because the event loop may be unusable.
+
+Dumps end up attached to tickets, so connection URLs are written without their
+passwords (in the user-info part or a ``password=`` query parameter).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import orjson
@@ -43,7 +47,10 @@ def write_panic_dump(
         "pid": os.getpid(),
         "error": repr(exc),
         "traceback": traceback.format_exception(exc),
-        "settings": attrs.asdict(settings),
+        "settings": {
+            name: redact_url(value) if name.endswith("_url") and isinstance(value, str) else value
+            for name, value in attrs.asdict(settings).items()
+        },
         "readiness_problems": health.problems(),
         "device_states": len(states),
         "devices": devices,
@@ -52,3 +59,25 @@ def write_panic_dump(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(dump, default=str, option=orjson.OPT_INDENT_2))
     return path
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``; anything unparsable is hidden whole."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "***"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    in_query = any(key.lower() == "password" for key, _ in pairs)
+    if password is None and not in_query:
+        return url
+    netloc = parts.netloc
+    if password is not None:
+        user_info, _, host = netloc.rpartition("@")
+        netloc = f"{user_info.partition(':')[0]}:***@{host}"
+    query = parts.query
+    if in_query:
+        hidden = [(k, "***" if k.lower() == "password" else v) for k, v in pairs]
+        query = urlencode(hidden, safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
