@@ -230,7 +230,11 @@ class App:
         entries_send, entries_recv = trio.open_memory_channel[list[Entry]](s.channel_capacity)
         acks_send, acks_recv = trio.open_memory_channel[list[tuple[str, str]]](s.channel_capacity)
         dead_send, dead_recv = trio.open_memory_channel[list[DeadLetter]](s.channel_capacity)
-        decoder = Decoder(future_tolerance_s=s.future_tolerance_s, metrics=self.metrics)
+        decoder = Decoder(
+            future_tolerance_s=s.future_tolerance_s,
+            metrics=self.metrics,
+            max_deliveries=s.dlq_max_deliveries,
+        )
         async with trio.open_nursery() as pipeline:
             await pipeline.start(
                 DeadLetterRouter(
@@ -348,7 +352,6 @@ class App:
                 consumer=s.consumer_name,
                 threshold_ms=s.claim_threshold_ms,
                 interval_s=s.claim_interval_ms / 1000,
-                max_deliveries=s.dlq_max_deliveries,
                 decoder=decoder,
                 metrics=self.metrics,
                 health=self.health,

@@ -45,7 +45,6 @@ class Claimer:
     consumer: str
     threshold_ms: int
     interval_s: float
-    max_deliveries: int
     decoder: Decoder
     metrics: Metrics
     health: Readiness
@@ -105,20 +104,7 @@ class Claimer:
                 counts = await self.retry(
                     self.streams.delivery_counts, self.stream, self.group, [r.entry_id for r in raw]
                 )
-                exhausted = [r for r in raw if counts.get(r.entry_id, 1) >= self.max_deliveries]
-                fresh = [r for r in raw if counts.get(r.entry_id, 1) < self.max_deliveries]
-                letters += [
-                    DeadLetter(
-                        r.entry_id,
-                        r.fields,
-                        "max_deliveries",
-                        f"delivered {counts[r.entry_id]} times without being committed",
-                        counts[r.entry_id],
-                        stream=self.stream,
-                    )
-                    for r in exhausted
-                ]
-                good, bad = self.decoder.split(fresh, self.stream)
+                good, bad = self.decoder.split_redelivered(raw, counts, self.stream)
                 letters += bad
                 self.log.info("claimed", stream=self.stream, n=len(raw), to_dlq=len(letters))
                 if good:

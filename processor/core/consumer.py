@@ -1,7 +1,10 @@
 """The stream consumer: XREADGROUP, decode, hand over to the writer and the DLQ router.
 
 After a restart the consumer first re-reads its *own* pending entries (``0``, paged by
-id) so work it had taken before dying is finished, then reads new ones (``>``). Reads
+id) so work it had taken before dying is finished, then reads new ones (``>``). Those
+re-reads count deliveries like a claim does: an entry that keeps killing the process is
+dead-lettered after ``DLQ_MAX_DELIVERIES`` instead of restarting it forever (a fixed
+``REDIS_CONSUMER_NAME`` gets its own entries back after every crash). Reads
 block in Redis, but the loop runs in a read scope that shutdown cancels, and the bridge
 cancels the in-flight ``XREADGROUP`` with it: no new reads after the signal.
 
@@ -34,6 +37,28 @@ class Decoder:
 
     future_tolerance_s: float
     metrics: Metrics
+    max_deliveries: int
+
+    def split_redelivered(
+        self, raw: list[RawEntry], counts: dict[str, int], stream: str = ""
+    ) -> tuple[list[Entry], list[DeadLetter]]:
+        """Like ``split``, for entries delivered before: those delivered ``max_deliveries``
+        times (``counts``, from XPENDING) go to the DLQ undecoded."""
+        exhausted = [
+            DeadLetter(
+                r.entry_id,
+                r.fields,
+                "max_deliveries",
+                f"delivered {counts[r.entry_id]} times without being committed",
+                counts[r.entry_id],
+                stream=stream,
+            )
+            for r in raw
+            if counts.get(r.entry_id, 1) >= self.max_deliveries
+        ]
+        fresh = [r for r in raw if counts.get(r.entry_id, 1) < self.max_deliveries]
+        good, bad = self.split(fresh, stream)
+        return good, exhausted + bad
 
     def split(self, raw: list[RawEntry], stream: str = "") -> tuple[list[Entry], list[DeadLetter]]:
         now = datetime.now(UTC)
@@ -119,11 +144,19 @@ class Consumer:
                     continue
                 start = raw[-1].entry_id
                 self.metrics.delivery_retries.inc(len(raw))
-            if not raw:
+                counts = await self.retry(
+                    self.streams.delivery_counts,
+                    self.stream,
+                    self.group,
+                    [r.entry_id for r in raw],
+                )
+                good, bad = self.decoder.split_redelivered(raw, counts, self.stream)
+            elif raw:
+                good, bad = self.decoder.split(raw, self.stream)
+            else:
                 continue
             self.metrics.consumed.inc(len(raw))
             self.log.debug("consumed", n=len(raw))
-            good, bad = self.decoder.split(raw, self.stream)
             if bad:
                 for letter in bad:
                     self.log.error(
