@@ -7,8 +7,9 @@
 #
 # Two stages on the same base image: the builder installs the locked dependencies
 # (requirements.lock, hash-checked, wheels only) into a venv and adds the project's own
-# wheel; the runtime stage copies that venv and nothing else (no compilers, no pip cache,
-# no sources), and runs as an unprivileged user.
+# wheel, built by the build backend of ops/build.lock (hash-checked too, in a venv of its
+# own that is not shipped); the runtime stage copies the venv and nothing else (no
+# compilers, no pip cache, no sources, no build tools), and runs as an unprivileged user.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -21,12 +22,18 @@ COPY requirements.lock ./
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
         -r requirements.lock
+# The build backend (pyproject's build-system), locked as well: pip's default build
+# isolation would fetch whatever hatchling is newest, unpinned and unchecked.
+COPY ops/build.lock ./
+RUN python -m venv /opt/build \
+    && /opt/build/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
+        -r build.lock
 # The project itself: build its wheel (schema/ goes in as processor/_schema) and install
 # it without dependencies, so nothing unlocked gets in.
 COPY pyproject.toml README.md ./
 COPY processor ./processor
 COPY schema ./schema
-RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/processor-*.whl \
     && /opt/venv/bin/processor --version
 

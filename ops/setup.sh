@@ -8,6 +8,10 @@
 #   .venv/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -o requirements.lock
 #   .venv/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes -o requirements-dev.lock
 # (add --upgrade to move to newer releases), run this script, commit all three files.
+# The Dockerfile builds the wheel with the build backend locked in ops/build.lock; after a
+# change to [build-system] requires in pyproject.toml:
+#   .venv/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml","rb"))["build-system"]["requires"], sep="\n")' \
+#     | .venv/bin/uv pip compile - --universal --python-version 3.11 --generate-hashes -o ops/build.lock
 # tests/ops/test_lock.py fails while a lock lags behind pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."

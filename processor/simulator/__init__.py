@@ -7,8 +7,6 @@ uploaded late and out of order, and a chosen share of poison records.
 Layout, one concern per module: ``geo`` (sphere maths), ``routes`` (GPX and synthetic
 loops), ``motion`` (speed profile), ``devices`` (identity, IO bag), ``tracker`` (one
 device's timeline), ``poison`` (broken records), ``generator`` (the pure, seeded record
-iterator), ``publisher`` (pacing, XADD, summary), ``command`` (CLI).
-
-Kept open for the Directus fixtures (event, entries, stages, geofences for the simulated
-fleet): a ``Plan`` names its devices and routes, which is what they would be built from.
+iterator), ``publisher`` (pacing, XADD, summary), ``race`` (the matching event, entries,
+stages and geofences in the Directus tables, for ``--create-race``), ``command`` (CLI).
 """

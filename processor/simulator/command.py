@@ -1,7 +1,7 @@
 """``processor simulate``: arguments, where the simulated clock starts, and the run.
 
-The lead wires it into ``processor.cli`` with ``add_arguments`` and ``main``; until then
-``python -m processor.simulator`` runs it.
+``processor.cli`` mounts it with ``add_arguments`` and ``main``; ``python -m
+processor.simulator`` runs the same command standalone.
 
 Where the clock starts: N devices produce about N / 3 records per simulated second. A
 faster ``--rate`` makes simulated time run ahead of the wall clock, so for a bounded run
@@ -20,6 +20,7 @@ import itertools
 import json
 import random
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -42,6 +43,10 @@ _SPAN_MARGIN: Final = 1.2
 _SPAN_SLACK_S: Final = 5.0
 # Say so when a bounded run's fixes start this far back (more devices would fix that).
 _NOTE_BEHIND_S: Final = 3_600.0
+# After a reload request, the feed waits this long: an instance times only the fixes it
+# processes after the new race is loaded (tens of milliseconds), and pub/sub gives no
+# acknowledgement to wait for. Without it the first records go untimed, by chance.
+_RELOAD_GRACE_S: Final = 1.0
 
 HELP: Final = "publish simulated rally tracker records to the telemetry stream"
 DESCRIPTION: Final = (
@@ -134,6 +139,34 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     except (RouteError, ValueError) as exc:
         print(f"processor simulate: {exc}", file=sys.stderr)
         return exit_codes.CONFIG_ERROR
+    try:
+        client = _connect(settings)
+    except redis.exceptions.RedisClusterException as exc:
+        print(f"processor simulate: Redis unavailable: {exc}", file=sys.stderr)
+        return exit_codes.UNAVAILABLE
+    try:
+        return _run(args, settings, plan, seed, client)
+    finally:
+        client.close()
+
+
+def _connect(settings: Settings) -> redis.Redis | redis.RedisCluster:
+    """One client for the whole run. A single Redis connects on its first command; a
+    cluster client asks a node for the slot map at once (``RedisClusterException``)."""
+    if settings.cluster:
+        return redis.RedisCluster.from_url(
+            cluster_url(settings.redis_url), socket_connect_timeout=5
+        )
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+
+
+def _run(
+    args: argparse.Namespace,
+    settings: Settings,
+    plan: Plan,
+    seed: int,
+    client: redis.Redis | redis.RedisCluster,
+) -> int:
     if args.create_race:
         layout = race_layout(plan)
         try:
@@ -142,7 +175,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             print(f"processor simulate: cannot create the race: {exc}", file=sys.stderr)
             return exit_codes.UNAVAILABLE
         print(describe(layout, event_id))
-        _announce_race(settings)
+        _announce_race(settings, client)
     total: int | None = args.count
     if args.duration and args.rate:
         total = round(args.rate * args.duration)
@@ -154,13 +187,6 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     shards = () if args.stream else settings.telemetry_streams
     shown = stream if len(shards) < 2 else f"{len(shards)} shards {shards[0]}..{shards[-1]}"
     summary = Summary(stream=shown, devices=plan.devices, seed=seed)
-    client: redis.Redis | redis.RedisCluster
-    if settings.cluster:
-        client = redis.RedisCluster.from_url(
-            cluster_url(settings.redis_url), socket_connect_timeout=5
-        )
-    else:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
     try:
         publish(
             itertools.islice(records, args.count) if args.count else records,
@@ -177,22 +203,23 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     except redis.RedisError as exc:
         print(f"processor simulate: Redis refused: {exc}", file=sys.stderr)
         return exit_codes.FAILED
-    finally:
-        client.close()
     print(json.dumps(summary.as_dict()) if args.json else summary.text())
     return exit_codes.OK
 
 
-def _announce_race(settings: Settings) -> None:
-    """Ask running instances to load the new race now, not at their next refresh."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+def _announce_race(settings: Settings, client: redis.Redis | redis.RedisCluster) -> None:
+    """Ask running instances to load the new race now, not at their next refresh.
+
+    On the run's own client, so a Redis Cluster URL works here too (a cluster forwards
+    PUBLISH to every node; the receiver count is that of the node asked)."""
     try:
         receivers = client.publish(control_channel(settings.telemetry_stream), reload_message())
         print(f"race: reload requested from {receivers} running instance(s)")
     except redis.RedisError as exc:
         print(f"race: could not ask running instances to reload ({exc})", file=sys.stderr)
-    finally:
-        client.close()
+        return
+    if receivers or settings.cluster:  # a cluster node counts only its own subscribers
+        time.sleep(_RELOAD_GRACE_S)
 
 
 def _plan(args: argparse.Namespace, seed: int) -> Plan:

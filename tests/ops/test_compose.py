@@ -8,6 +8,7 @@ run where neither is installed.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
+from processor import config
 from processor.cli import _parser
+from processor.simulator.tracker import Timing
 from tests.ops.tools import OPS, REPO, find_tool, output, run
 
 COMPOSE_FILE = OPS / "compose.dev.yaml"
+DOCKERFILE = REPO / "Dockerfile"
 
 
 def compose_command() -> list[str] | None:
@@ -122,8 +126,31 @@ def test_processor_runs_two_replicas_from_the_repository_dockerfile() -> None:
 def test_simulator_publishes_to_the_same_stream() -> None:
     all_services = services()
     simulator = all_services["simulator"]
-    assert simulator["command"] == ["simulate", "--rate", "200", "--devices", "50"]
+    assert simulator["command"][0] == "simulate"
     assert simulator["environment"] == all_services["processor"]["environment"]
+
+
+def test_service_environments_are_variables_the_processor_reads() -> None:
+    """A misspelt name (REDIS_STREAM for REDIS_TELEMETRY_STREAM, say) would be ignored
+    silently and the default used: every name must be one ``processor.config`` reads,
+    and the values together must load."""
+    known = {variable.env for variable in config.VARIABLES}
+    for name in ("processor", "simulator"):
+        env = {key: str(value) for key, value in services()[name]["environment"].items()}
+        unknown = sorted(set(env) - known)
+        assert not unknown, f"{name} sets variables the processor does not read: {unknown}"
+        settings = config.load(env)
+        assert settings.redis_url == "redis://redis:6379/0"
+        assert settings.postgres_url.endswith("@timescaledb:5432/processor")
+        assert settings.consumer_group == "processor"
+    # The healthcheck and the published ports are the ones the image listens on.
+    image_env = dict(re.findall(r"^\s+(HTTP_PORT|WS_PORT)=(\d+)", DOCKERFILE.read_text(), re.M))
+    processor = services()["processor"]
+    assert not {"HTTP_PORT", "WS_PORT"} & set(processor["environment"])
+    readiness = " ".join(processor["healthcheck"]["test"])
+    assert f"127.0.0.1:{image_env['HTTP_PORT']}/readyz" in readiness
+    published = {str(port).rsplit(":", 1)[1] for port in processor["ports"]}
+    assert published == {image_env["HTTP_PORT"], image_env["WS_PORT"]}
 
 
 def test_directus_uses_the_timescale_database() -> None:
@@ -198,4 +225,10 @@ def test_container_commands_parse_with_the_real_command_line() -> None:
         args = parser.parse_args(all_services[name]["command"])
         assert args.command == all_services[name]["command"][0]
     simulate = parser.parse_args(all_services["simulator"]["command"])
-    assert (simulate.rate, simulate.devices) == (200, 50)
+    # The whole stack demos end to end: the simulator creates the matching race...
+    assert simulate.create_race
+    assert simulate.count is None
+    assert simulate.duration is None
+    # ...and an endless feed at a rate its devices make in real time (a higher one is
+    # held to that, with a warning: a misleading number in the file).
+    assert 0 < simulate.rate <= simulate.devices / Timing().mean_interval_s

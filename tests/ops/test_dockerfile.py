@@ -26,6 +26,7 @@ from tests.ops.tools import REPO, output, require_tool, run
 
 DOCKERFILE = REPO / "Dockerfile"
 RUNTIME_LOCK = REPO / "requirements.lock"
+BUILD_LOCK = REPO / "ops" / "build.lock"
 
 
 @attrs.frozen
@@ -99,8 +100,21 @@ def test_dependencies_come_only_from_the_hash_checked_lock() -> None:
     # The project's own wheel goes in without dependencies: nothing unlocked gets in.
     assert "--no-deps" in project_install
     assert project_install[-1].startswith("/wheels/processor-")
+    # Every install from a requirements file is hash-checked and wheels only.
+    for words in installs:
+        if "-r" in words:
+            assert "--require-hashes" in words, words
+            assert "--only-binary=:all:" in words, words
+    # The wheel is built by the locked backend, not one build isolation would fetch.
     wheel = next(w for w in shell_words(builder) if w[1:2] == ["wheel"])
     assert "--no-deps" in wheel
+    assert "--no-build-isolation" in wheel, "build isolation fetches an unpinned hatchling"
+    build_pip = wheel[0]
+    assert build_pip != lock_install[0], "the build backend stays out of the shipped venv"
+    backend = [w for w in installs if w[0] == build_pip]
+    assert backend, f"{build_pip} never installs the build backend"
+    assert backend[0][-2:] == ["-r", BUILD_LOCK.name]
+    assert (BUILD_LOCK.relative_to(REPO).as_posix(), "./") in [c.value for c in builder.all("COPY")]
 
 
 def test_runtime_stage_is_unprivileged_and_has_no_build_tools() -> None:
@@ -253,8 +267,9 @@ def test_hadolint_finds_nothing() -> None:
     assert result.returncode == 0, output(result)
 
 
+@pytest.mark.parametrize("lock", [RUNTIME_LOCK, BUILD_LOCK], ids=lambda p: p.name)
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
-def test_runtime_lock_resolves_to_wheels_only_for_the_image(arch: str, tmp_path: Path) -> None:
+def test_locks_resolve_to_wheels_only_for_the_image(arch: str, lock: Path, tmp_path: Path) -> None:
     """``--only-binary=:all:`` in the builder: every locked package has a wheel for
     CPython 3.11 on glibc Linux (python:3.11-slim is Debian 12, glibc 2.36), on both
     architectures an image is commonly built for. Asks the package index (no download)."""
@@ -277,7 +292,7 @@ def test_runtime_lock_resolves_to_wheels_only_for_the_image(arch: str, tmp_path:
         str(tmp_path / "target"),
         *[arg for platform in platforms for arg in ("--platform", platform)],
         "-r",
-        str(RUNTIME_LOCK),
+        str(lock),
     ]
     result = run(cmd, timeout=300)
     assert result.returncode == 0, output(result)

@@ -5,6 +5,7 @@ the locked dependencies, and run the installed ``processor`` from outside the ch
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import tomllib
 import venv
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from processor import __version__
+from tests.ops.test_dockerfile import BUILD_LOCK, dockerignore_excludes
 from tests.ops.tools import REPO, output, run
 
 
@@ -100,3 +102,56 @@ def test_wheel_installs_with_the_locked_dependencies_and_runs(wheel: Path, tmp_p
     migrations = Path(where.stdout.strip())
     assert migrations.is_relative_to(env_dir), f"migrations found outside the venv: {migrations}"
     assert (migrations / "0001_positions.sql").is_file()
+
+
+def test_the_image_builds_the_same_wheel_from_its_context_and_locked_backend(
+    wheel: Path, tmp_path: Path
+) -> None:
+    """The Dockerfile's builder, minus Docker: only the files .dockerignore lets into the
+    build context, the backend from ops/build.lock (hash-checked), no build isolation.
+    A file the context misses (the force-included schema/, say) or a locked backend that
+    cannot build the wheel fails here, not in the first real image build."""
+    context = tmp_path / "context"
+    tops = [p for p in REPO.iterdir() if p.name not in {".venv", ".git"}]
+    for path in [f for top in tops for f in (top.rglob("*") if top.is_dir() else [top])]:
+        relative = path.relative_to(REPO).as_posix()
+        if path.is_file() and not dockerignore_excludes(relative):
+            target = context / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    assert (context / BUILD_LOCK.relative_to(REPO)).is_file()
+    build_env = tmp_path / "build-venv"
+    venv.create(build_env, with_pip=True)
+    pip = [str(build_env / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    backend = run(
+        [
+            *pip,
+            "install",
+            "--quiet",
+            "--require-hashes",
+            "--only-binary=:all:",
+            "-r",
+            str(context / "ops" / "build.lock"),
+        ],
+        timeout=300,
+    )
+    assert backend.returncode == 0, output(backend)
+    out = tmp_path / "wheels"
+    built = run(
+        [
+            *pip,
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(context),
+        ],
+        timeout=300,
+    )
+    assert built.returncode == 0, output(built)
+    (image_wheel,) = out.glob("processor-*.whl")
+    with zipfile.ZipFile(image_wheel) as a, zipfile.ZipFile(wheel) as b:
+        assert "processor/_schema/directus/race_tables.sql" in a.namelist()
+        assert sorted(a.namelist()) == sorted(b.namelist())
