@@ -128,6 +128,7 @@ async def replay_command(store: DomainStore, args: argparse.Namespace) -> int:
 def _only_stage(write: Replace, stage_id: int) -> Replace:
     return Replace(
         entry_ids=write.entry_ids,
+        event_ids=write.event_ids,
         stage_ids=(stage_id,),
         records=tuple(r for r in write.records if r.stage_id == stage_id),
         results=tuple(r for r in write.results if r.stage_id == stage_id),

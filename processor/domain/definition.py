@@ -93,6 +93,17 @@ class EventCourse:
     stages: Mapping[int, Stage]
     index: GeofenceIndex
 
+    def admits(self, moment: datetime) -> bool:
+        """A fix at ``moment`` is inside the event's span (open ends admit all).
+
+        Timing sees only these fixes, live and in a recomputation alike: the stored fixes
+        a recomputation reads are bounded by the same span (``LiveEngine.window``), so a
+        fix the live path fed from outside it would make the two disagree.
+        """
+        if self.starts_at is not None and moment < self.starts_at:
+            return False
+        return self.ends_at is None or moment <= self.ends_at
+
 
 @attrs.frozen(kw_only=True, eq=False)
 class RaceDefinition:

@@ -77,10 +77,12 @@ class Replace:
     """Every row of ``entry_ids``; rows of those entries not listed here are deleted.
 
     With ``stage_ids`` only those stages' timing records and results are in scope (zone
-    visits, which belong to no stage, are then left alone).
+    visits, which belong to no stage, are then left alone). ``event_ids`` are the events of
+    ``entry_ids``: the write locks them even when no row is left (see ``store``).
     """
 
     entry_ids: tuple[int, ...]
+    event_ids: tuple[int, ...] = ()
     stage_ids: tuple[int, ...] | None = None
     records: tuple[TimingRecord, ...] = ()
     visits: tuple[ZoneVisit, ...] = ()
@@ -93,3 +95,13 @@ Write = Update | Replace
 def stages_of(write: Write) -> set[int]:
     """Stages whose ranking a write may change."""
     return {r.stage_id for r in write.results}
+
+
+def events_of(write: Write) -> set[int]:
+    """Events whose rows a write touches."""
+    events = {r.event_id for r in write.records}
+    events |= {v.event_id for v in write.visits}
+    events |= {r.event_id for r in write.results}
+    if isinstance(write, Replace):
+        events |= set(write.event_ids)
+    return events

@@ -9,7 +9,11 @@ Result writes and why they converge (see ``results``):
 - ``Update``: upserts; a timing record only ever moves to an *earlier* crossing, so a
   stale increment racing a recomputation cannot undo it.
 - ``Replace``: upserts that overwrite, then deletes of the entries' rows not in the set.
-Each write and the re-ranking of the stages it touched is one transaction.
+Each write and the re-ranking of the stages it touched is one transaction, which first
+takes a transaction-level advisory lock per event it touches (``RESULTS_LOCK``, in event
+order). Several instances, and the replay tool, write results of one stage at once; without
+the lock each one's re-rank reads the stage without the others' uncommitted rows and two
+entries can both end up rank 1. With it, a re-rank always sees every earlier write.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from psycopg.rows import dict_row
 
 from processor.core.pg_session import PgSession, RowsRejected, describe
 from processor.domain.definition import RawRows
-from processor.domain.results import Replace, Write
+from processor.domain.results import Replace, Write, events_of
 from processor.domain.timing import EPOCH, Fix
 
 T = TypeVar("T")
@@ -94,6 +98,9 @@ DELETE FROM stage_results r WHERE r.entry_id = ANY(%(entries)s)
     WHERE k.s = r.stage_id AND k.e = r.entry_id)
 RETURNING r.stage_id
 """
+# The advisory-lock namespace (first key) of result writes; the second key is the event id.
+RESULTS_LOCK = 0x52414345  # "RACE"
+LOCK_EVENT = "SELECT pg_advisory_xact_lock(%s::int4, %s::int4)"
 # Finished entries ranked by elapsed time (ties share a rank); running ones have none.
 RERANK = """
 WITH ranked AS (
@@ -228,7 +235,10 @@ async def _load(conn: psycopg.AsyncConnection[Any], event_ids: list[int] | None)
 
 async def _apply(conn: psycopg.AsyncConnection[Any], writes: list[Write]) -> None:
     stages: set[int] = set()
+    events = sorted({e for write in writes for e in events_of(write)})
     async with conn.transaction(), conn.cursor() as cur:
+        for event_id in events:  # in one order everywhere: no lock cycles between writers
+            await cur.execute(LOCK_EVENT, (RESULTS_LOCK, event_id))
         for write in writes:
             exact = isinstance(write, Replace)
             if exact:

@@ -9,6 +9,8 @@ along the fix segment and kept to the millisecond; for each geofence the first c
 counts; the start opens the entry's stage clock, a checkpoint counts only while the clock
 is open, the finish closes it. A crossing outside the stage's window does not belong to
 the stage. Several crossings on one segment are taken in the order they happen along it.
+Only fixes inside an event's span (``starts_at``..``ends_at``) take part in its timing,
+so a segment from a fix before the span to one inside it crosses nothing.
 Zone visits start at the first fix inside and end at the first fix outside, keeping the
 highest speed seen inside.
 """
@@ -120,22 +122,24 @@ class DeviceTrack:
         if prev is not None and fix.t_us <= prev.t_us:
             raise ValueError(f"fix at {fix.ts} is not after {prev.ts}")
         self.last = fix
-        start = prev or fix
         for i, (entry, course) in enumerate(self.courses):
-            near = self._near(i, course, start, fix)
+            if not course.admits(fix.ts):
+                continue
+            before = prev if prev is not None and course.admits(prev.ts) else None
+            near = self._near(i, course, before or fix, fix)
             crossings: list[tuple[float, int, int, int, Geofence]] = []
             zones: dict[int, Geofence] = {}
             for g in near:
                 if not g.is_line:
                     zones[g.id] = g
-                elif prev is not None:
-                    t = segment_crossing(prev.x, prev.y, fix.x, fix.y, g.pieces)
+                elif before is not None:
+                    t = segment_crossing(before.x, before.y, fix.x, fix.y, g.pieces)
                     if t is not None:
                         crossings.append((t, _KIND_ORDER[g.kind], g.sequence, g.id, g))
             self._zones(entry, course, zones, fix)
             for t, _, _, _, g in sorted(crossings, key=lambda c: c[:4]):
-                assert prev is not None
-                self._cross(entry, course, g, interpolate(prev, fix, t), fix)
+                assert before is not None
+                self._cross(entry, course, g, interpolate(before, fix, t), fix)
 
     def _near(self, i: int, course: EventCourse, a: Fix, b: Fix) -> list[Geofence]:
         hood = self._hoods.get(i)
@@ -235,6 +239,7 @@ class DeviceTrack:
         self.take_changes()
         return Replace(
             entry_ids=self.entry_ids,
+            event_ids=tuple(sorted({e.event_id for e, _ in self.courses})),
             records=tuple(self.records[k] for k in sorted(self.records)),
             visits=tuple(self.visits[k] for k in sorted(self.visits)),
             results=tuple(sorted(self.results(), key=lambda r: r.key)),

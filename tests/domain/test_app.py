@@ -95,12 +95,15 @@ async def start_app(nursery: trio.Nursery, settings: config.Settings) -> tuple[A
 LONS = (13.99, 14.01, 14.02, 14.04, 14.05, 14.065, 14.072, 14.078, 14.09, 14.095, 14.105)
 
 
-async def test_timing_end_to_end_with_late_fix_and_restart(
+async def test_timing_end_to_end_with_late_fix_and_restarts(
     settings: config.Settings, sync_redis: redis.Redis, nursery: trio.Nursery, race: dict[str, Any]
 ) -> None:
     url, imei = settings.postgres_url, race["imei"]
-    fixes = [fix(i * 10, lon, speed=40.0 + i) for i, lon in enumerate(LONS)]
-    publish = lambda fs: _publish(sync_redis, settings.telemetry_stream, imei, fs)  # noqa: E731
+    # Top speed in the zone (fixes at 60 and 70 s) is the one before the second restart.
+    fixes = [fix(i * 10, lon, speed=55.0 if i == 6 else 40.0 + i) for i, lon in enumerate(LONS)]
+
+    def publish(fs: list[Any]) -> None:
+        _publish(sync_redis, settings.telemetry_stream, imei, fs)
 
     app, done = await start_app(nursery, settings)
     # In order up to the first checkpoint, but the fix at 10 s comes late.
@@ -112,11 +115,19 @@ async def test_timing_end_to_end_with_late_fix_and_restart(
         lambda: _records(url, race).get("start-0") == expected_start, what="late fix moves start"
     )
 
-    # Restart mid-stage: the new instance rehydrates from the database.
-    app.shutdown.begin("test")
-    await wait_for(done.is_set, 15, what="exit")
-    app, done = await start_app(nursery, settings)
-    publish(fixes[4:])
+    # Restart mid-stage, between the two fixes of a checkpoint crossing (14.05 at 40 s,
+    # 14.065 at 50 s): the new instance rehydrates the last fix and the open stage clock.
+    publish([fixes[4]])
+    await wait_for(lambda: _stored(url, imei) == 5, what="fix at 40 s stored")
+    app, done = await _restart(nursery, settings, app, done)
+    publish(fixes[5:7])
+    await wait_for(
+        lambda: _records(url, race).get("checkpoint-2") == at(46.667), what="checkpoint 2"
+    )
+    await wait_for(lambda: _visits(url, race) == [(at(60), None)], what="zone entered")
+    # And again inside the speed zone: membership and the top speed so far survive it.
+    app, done = await _restart(nursery, settings, app, done)
+    publish(fixes[7:])
     await wait_for(
         lambda: (
             rows(url, "SELECT status FROM stage_results WHERE entry_id = %s", race["entry"])
@@ -139,12 +150,32 @@ async def test_timing_end_to_end_with_late_fix_and_restart(
         "SELECT entered_at, exited_at, max_speed_kmh FROM zone_events WHERE entry_id = %s",
         race["entry"],
     )
-    assert (entered, exited, top) == (at(60), at(80), 47.0)
+    assert (entered, exited, top) == (at(60), at(80), 55.0)
     [(derived,)] = rows(url, "SELECT derived FROM positions WHERE device_id = %s LIMIT 1", imei)
     assert derived["ignition"] is True
     assert derived["external_voltage_v"] == pytest.approx(12.85)
     app.shutdown.begin("test")
     await wait_for(done.is_set, 15, what="exit")
+
+
+async def _restart(
+    nursery: trio.Nursery, settings: config.Settings, app: App, done: trio.Event
+) -> tuple[App, trio.Event]:
+    """Stop the instance (all hot state lost) and start a new one on the same data."""
+    app.shutdown.begin("test")
+    await wait_for(done.is_set, 15, what="exit")
+    return await start_app(nursery, settings)
+
+
+def _stored(url: str, imei: str) -> int:
+    [(count,)] = rows(url, "SELECT count(*) FROM positions WHERE device_id = %s", imei)
+    return int(count)
+
+
+def _visits(url: str, race: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return rows(
+        url, "SELECT entered_at, exited_at FROM zone_events WHERE entry_id = %s", race["entry"]
+    )
 
 
 def _publish(client: redis.Redis, stream: str, imei: str, fixes: list[Any]) -> None:

@@ -54,6 +54,13 @@ async def test_replay_is_idempotent_and_backfill_fills_derived(
     assert await commands._run(args, settings) == exit_codes.OK
     assert "timing_records: 0 added, 0 changed, 0 removed" in capsys.readouterr().out
 
+    # One stage only: that stage's rows are rewritten (and here already right).
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM timing_records WHERE kind = 'finish'")
+    stage = parse(["replay", "--event", str(race["event"]), "--stage", str(race["stage"])])
+    assert await commands._run(stage, settings) == exit_codes.OK
+    assert "timing_records: 1 added, 0 changed, 0 removed" in capsys.readouterr().out
+
     missing = parse(["replay", "--event", "999999"])
     assert await commands._run(missing, settings) == exit_codes.FAILED
 

@@ -50,6 +50,23 @@ def test_fix_exactly_on_the_line_counts_once() -> None:
     assert segment_crossing(START_LON, LAT, 14.01, LAT, [START]) is None
 
 
+def test_fix_on_a_diagonal_line_despite_float_noise() -> None:
+    """Fixes placed on a diagonal line by float arithmetic are a hair off it: the exact
+    segment intersection misses most of them (t = 1 + 1e-13), the tolerance catches all,
+    once, at the fix's time, and the segment leaving the line crosses nothing."""
+    rows = raw_rows()
+    diagonal = {"type": "LineString", "coordinates": [[14.0, 45.0], [14.3, 45.1]]}
+    d = build_definition(raw_rows(geofences=[{**rows.geofences[0], "geometry": diagonal}]))
+    for k in range(1, 50):
+        x, y = 14.0 + 0.3 * k / 50, 45.0 + 0.1 * k / 50
+        track = replay(
+            d.definition,
+            DEVICE,
+            [fix(0, x + 0.001, y - 0.003), fix(7, x, y), fix(9, x - 0.001, y + 0.003)],
+        )
+        assert [r.crossed_at for r in track.records.values()] == [at(7)], k
+
+
 def test_stopping_on_the_line_is_one_crossing() -> None:
     fixes = [fix(0, 13.99), fix(5, START_LON)] + [fix(5 + i, START_LON) for i in range(1, 5)]
     fixes += [fix(20, START_LON, LAT + 0.001), fix(30, 14.02)]  # creeping along it, then away

@@ -8,12 +8,14 @@ exactly the rows a straight replay of the sorted fixes writes.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.domain.live import LiveEngine
 from processor.domain.timing import Fix, replay
-from tests.domain.course import LAT, at, definition, fix
+from tests.domain.course import EVENT, LAT, at, definition, fix
 from tests.domain.model_store import ModelStore, position_of
 
 DEVICES = ("dev-a", "dev-b")
@@ -36,10 +38,11 @@ def tracks(draw: st.DrawFn) -> list[Fix]:
     return out
 
 
+Delivery = tuple[dict[str, list[Fix]], list[list[tuple[str, Fix]]], set[int]]
+
+
 @st.composite
-def deliveries(
-    draw: st.DrawFn,
-) -> tuple[dict[str, list[Fix]], list[list[tuple[str, Fix]]], set[int]]:
+def deliveries(draw: st.DrawFn) -> Delivery:
     by_device = {d: draw(tracks()) for d in DEVICES}
     items = [(d, f) for d, fs in by_device.items() for f in fs]
     order = draw(st.permutations(items))
@@ -53,13 +56,15 @@ def deliveries(
     return by_device, [b for b in batches if b], restarts
 
 
+# The event's span (seconds after T0, None for open): timing ignores fixes outside it.
+spans = st.tuples(st.none() | st.floats(0, 200), st.none() | st.floats(300, 900))
+
+
 @settings(max_examples=300, deadline=None)
-@given(deliveries())
-def test_live_equals_replay(
-    case: tuple[dict[str, list[Fix]], list[list[tuple[str, Fix]]], set[int]],
-) -> None:
+@given(deliveries(), spans)
+def test_live_equals_replay(case: Delivery, span: tuple[float | None, float | None]) -> None:
     by_device, batches, restarts = case
-    d = definition(DEVICES)
+    d = definition(DEVICES, events=[event(*span)])
 
     live = ModelStore()
     engine = LiveEngine(d)
@@ -73,12 +78,54 @@ def test_live_equals_replay(
         for update in ingested.updates:
             live.apply(update)
         for dev in ingested.recompute:
-            live.apply(engine.recomputed(dev, sorted(stored[dev], key=lambda f: f.t_us)))
+            live.apply(engine.recomputed(dev, read(stored[dev], *engine.window(dev))))
 
     expected = ModelStore()
     for dev, fixes in by_device.items():
         expected.apply(replay(d, dev, fixes).snapshot())
     assert live.rows() == expected.rows()
+
+
+def event(since: float | None = None, until: float | None = None) -> dict[str, object]:
+    return {
+        "id": EVENT,
+        "name": "Rally",
+        "status": "live",
+        "starts_at": None if since is None else at(since),
+        "ends_at": None if until is None else at(until),
+    }
+
+
+def read(fixes: list[Fix], since: datetime | None, until: datetime | None) -> list[Fix]:
+    """``DomainStore.fixes``: the stored fixes in ``[since, until]``, in time order."""
+    return sorted(
+        (f for f in fixes if (since is None or f.ts >= since) and (until is None or f.ts <= until)),
+        key=lambda f: f.t_us,
+    )
+
+
+def test_fixes_outside_the_event_span_take_no_part_live_either() -> None:
+    """A recomputation reads only the event's span; the live path must ignore the rest.
+
+    Before the span: the segment from a fix before ``starts_at`` to one inside crosses the
+    start line live, but the stored fixes a recomputation reads begin inside the span.
+    """
+    d = definition(("dev-a",), events=[event(3, 100)])
+    engine = LiveEngine(d)
+    store = ModelStore()
+    fixes = [fix(-10, 13.98), fix(0, 13.99), fix(10, 14.01), fix(20, 14.02), fix(101, 14.11)]
+    for i, f in enumerate(fixes):
+        ingested = engine.ingest([position_of("dev-a", f)])
+        for update in ingested.updates:
+            store.apply(update)
+        for dev in ingested.recompute:
+            store.apply(engine.recomputed(dev, read(fixes[: i + 1], *engine.window(dev))))
+    assert engine.window("dev-a") == (at(3), at(100))
+    assert store.records == {}  # no start: 13.99 at 0 s is outside, 14.01 is past the line
+    assert store.results == {}  # and the finish at 101 s is after ends_at
+    expected = ModelStore()
+    expected.apply(replay(d, "dev-a", read(fixes, at(3), at(100))).snapshot())
+    assert store.rows() == expected.rows()
 
 
 def test_a_late_fix_that_moves_the_crossing_is_corrected() -> None:

@@ -7,12 +7,21 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+import trio
 
 from processor.core.migrate import apply_migrations
 from processor.domain.results import Replace, StageResult, TimingRecord, Update
-from processor.domain.store import DomainStore, TablesMissing
+from processor.domain.store import (
+    LOCK_EVENT,
+    RERANK,
+    RESULTS_LOCK,
+    UPSERT_RESULT,
+    DomainStore,
+    TablesMissing,
+)
 from processor.logs import make_logger
 from tests.domain.course import at
+from tests.helpers import wait_for
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "schema" / "directus" / "race_tables.sql"
 
@@ -69,3 +78,44 @@ async def test_missing_directus_tables_are_reported(fresh_database_url: str, bri
             await store.load()
     finally:
         await store.aclose()
+
+
+async def test_concurrent_writers_of_one_stage_rank_it_right(
+    fresh_database_url: str, bridge: None
+) -> None:
+    """Two instances finishing entries of one stage at the same moment. Without the event
+    lock each re-rank misses the other's uncommitted row and both entries get rank 1."""
+    url = fresh_database_url
+    await apply_migrations(url, log=make_logger("warning"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(FIXTURE.read_text())
+    other = psycopg.connect(url)  # the other instance, mid-write: entry 2 done in 40 s
+    store = DomainStore(url)
+    try:
+        other.execute(LOCK_EVENT, (RESULTS_LOCK, 1))
+        other.execute(UPSERT_RESULT, (1, 10, 2, at(0), at(40), 40_000, 0, 0, "finished"))
+        other.execute(RERANK, [[10]])
+        done = trio.Event()
+
+        async def write() -> None:
+            await store.apply([Update(results=(result(1, 50),))])
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await wait_for(lambda: _waiting_on_advisory_lock(url), what="the store waits")
+            assert not done.is_set()
+            other.commit()
+        ranks = dict(await store.fetch("SELECT entry_id, rank FROM stage_results"))
+        assert ranks == {1: 2, 2: 1}
+    finally:
+        other.close()
+        await store.aclose()
+
+
+def _waiting_on_advisory_lock(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        [(waiting,)] = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchall()
+    return bool(waiting)

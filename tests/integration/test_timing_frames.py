@@ -1,4 +1,5 @@
-"""The race domain's crossings reach WebSocket clients as ``timing`` frames.
+"""The race domain's crossings reach WebSocket clients as ``timing`` frames, and its
+derived attributes ride in the ``position`` frames.
 
 Runs the daemon's default plug-ins (domain, then broadcast) as ``processor run`` does.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
 import redis
 import trio
 from trio_websocket import open_websocket_url
@@ -46,17 +48,27 @@ async def test_start_and_finish_crossings_are_sent_as_timing_frames(
             sync_redis, settings.telemetry_stream, [position_of(race["imei"], f) for f in fixes]
         )
         timing: list[dict[str, Any]] = []
+        positions: list[dict[str, Any]] = []
         with trio.fail_after(20):
-            while not timing or timing[-1]["kind"] != "finish":
+            while not timing or timing[-1]["kind"] != "finish" or len(positions) < len(fixes):
                 frame = await recv(ws)
                 if frame["type"] == "timing":
                     timing.append(frame)
+                elif frame["type"] == "position":
+                    positions.append(frame)
     assert [(t["kind"], t["crossed_at"]) for t in timing] == [
         ("start", iso(at(5))),
         ("checkpoint", iso(at(30))),
         ("checkpoint", iso(at(60))),
         ("finish", iso(at(95))),
     ]
+    # Position frames carry the derived, named attributes (the default FMB mapping: IO 239
+    # ignition, IO 66 external voltage in mV), not the raw IO bag.
+    assert [p["ts"] for p in positions] == [iso(f.ts) for f in fixes]
+    attributes = positions[0]["attrs"]
+    assert attributes["ignition"] is True
+    assert attributes["external_voltage_v"] == pytest.approx(12.85)
+    assert not {"239", "66"} & attributes.keys()
     first = timing[0]
     assert first["event_id"] == str(race["event"])
     assert (first["stage_id"], first["entry_id"]) == (race["stage"], race["entry"])
