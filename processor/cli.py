@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn, cast
 
 import trio
+from structlog.typing import FilteringBoundLogger
 
 from processor import __version__, config, exit_codes
 from processor.domain import commands as domain_commands
@@ -80,18 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _tune_gc()
         return trio.run(App.create(settings, log).run)
     if args.command == "migrate":
-        from processor.core.bridge import open_bridge
-        from processor.core.migrate import apply_migrations
-
-        async def migrate() -> None:
-            async with open_bridge():
-                report = await apply_migrations(settings.postgres_url, log=log)
-            log.info(
-                "migrations applied", applied=list(report.applied), storage=report.storage_mode
-            )
-
-        trio.run(migrate)
-        return exit_codes.OK
+        return trio.run(_migrate, settings, log)
     if getattr(args, "domain_command", None) is not None:
         return domain_commands.run_command(args, settings)
     if args.command == "simulate":
@@ -99,6 +89,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is not None:
         return execute(settings, args)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+async def _migrate(settings: config.Settings, log: FilteringBoundLogger) -> int:
+    """``processor migrate``: an unreachable database or a refused migration is one error
+    line and an exit code a script can act on (69: retry later; 1: fix the schema), not a
+    traceback, like the operator commands."""
+    from processor.core.bridge import open_bridge
+    from processor.core.migrate import MigrationError, apply_migrations
+    from processor.core.pg_io import PostgresUnavailable
+
+    async with open_bridge():
+        try:
+            report = await apply_migrations(settings.postgres_url, log=log)
+        except PostgresUnavailable as exc:
+            log.error("postgres unavailable", error=str(exc), exit_code=exit_codes.UNAVAILABLE)
+            return exit_codes.UNAVAILABLE
+        except MigrationError as exc:
+            log.error("migration failed", error=str(exc), exit_code=exit_codes.FAILED)
+            return exit_codes.FAILED
+    log.info("migrations applied", applied=list(report.applied), storage=report.storage_mode)
+    return exit_codes.OK
 
 
 # The daemon allocates many short-lived objects per record (decoded JSON, Position,

@@ -6,6 +6,8 @@ so tests and embedded uses can have loggers of their own.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -22,8 +24,27 @@ _LEVELS = {
 }
 
 
+def _text(value: object) -> str:
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return str(value)
+
+
 def _render(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
-    return orjson.dumps(event, default=str).decode()
+    """One JSON line, whatever the event holds: a log call must never raise.
+
+    orjson is the fast path; it refuses integers beyond 64 bits (a ``__bigint`` IO value
+    in a logged field), which the stdlib encoder writes exactly; anything neither can
+    encode (a circular value, say) is written field by field as text.
+    """
+    try:
+        return orjson.dumps(event, default=_text, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        pass
+    try:
+        return json.dumps(event, default=_text, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return json.dumps({str(k): _text(v) for k, v in event.items()}, ensure_ascii=False)
 
 
 def make_logger(

@@ -25,6 +25,7 @@ from structlog.typing import FilteringBoundLogger
 
 from processor.core import bridge
 from processor.core.pg_io import FastCancelConnection, PostgresUnavailable
+from processor.core.pg_session import CONNECT_TIMEOUT_S, describe
 
 MIGRATION_LOCK_KEY = 0x7072_6F63_6D69_67
 """``pg_advisory_lock`` key held while migrating: the bytes of ASCII "procmig".
@@ -103,7 +104,8 @@ async def apply_migrations(
         report = await bridge.call(_migrate, postgres_url, migrations, log)
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         # The server went away or cannot be reached: transient, unlike a bad migration.
-        raise PostgresUnavailable(str(exc).strip() or type(exc).__name__) from exc
+        # First line only: it becomes a readiness reason and a one-line log field.
+        raise PostgresUnavailable(describe(exc)) from exc
     log.info("storage", mode=report.storage_mode)
     return report
 
@@ -116,7 +118,10 @@ async def _migrate(
     Closing the connection ends the session and with it the lock, which is what releases it
     on every error or cancellation path; the explicit unlock covers the normal one.
     """
-    async with await FastCancelConnection.connect(url, autocommit=True) as conn:
+    # A bounded connect (a black-holed host would otherwise hang for the OS's TCP
+    # timeout); the lock wait below is unbounded on purpose: another instance migrating.
+    connect = FastCancelConnection.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+    async with await connect as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         await conn.execute(
             """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import structlog
 import trio
 from structlog.testing import capture_logs
 
+from processor import exit_codes
 from processor.core.migrate import (
     MIGRATION_LOCK_KEY,
     MigrationError,
@@ -254,3 +256,65 @@ async def test_concurrent_processes_apply_exactly_once(
     applied = sorted(tuple(json.loads(r.stdout)["applied"]) for r in results)
     assert applied == [(), ALL_VERSIONS]
     assert [v for v, _, _ in _applied_rows(fresh_database_url)] == list(ALL_VERSIONS)
+
+
+def _processor_migrate(postgres_url: str) -> subprocess.CompletedProcess[str]:
+    """``python -m processor migrate`` as an operator or an init container runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "processor", "migrate"],
+        cwd=REPO_ROOT,
+        env={"POSTGRES_URL": postgres_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert all(isinstance(line, dict) for line in lines)
+    return lines
+
+
+def test_migrate_command_applies_then_finds_nothing_to_do(fresh_database_url: str) -> None:
+    first = _processor_migrate(fresh_database_url)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr == ""
+    [summary] = [e for e in _json_lines(first.stdout) if e["event"] == "migrations applied"]
+    assert summary["applied"] == list(ALL_VERSIONS)
+    assert summary["storage"] in {"plain", "hypertable"}
+    assert summary["level"] == "info"
+
+    second = _processor_migrate(fresh_database_url)
+    assert second.returncode == 0, second.stderr
+    [summary] = [e for e in _json_lines(second.stdout) if e["event"] == "migrations applied"]
+    assert summary["applied"] == []
+    assert [v for v, _, _ in _applied_rows(fresh_database_url)] == list(ALL_VERSIONS)
+
+
+def test_migrate_command_without_postgres_is_one_error_line_exit_69() -> None:
+    with socket.socket() as probe:  # a port nobody listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        result = _processor_migrate(f"postgresql://127.0.0.1:{port}/processor")
+    assert result.returncode == exit_codes.UNAVAILABLE, result.stdout + result.stderr
+    assert result.stderr == "", "a traceback instead of a log line"
+    [line] = _json_lines(result.stdout)
+    assert line["event"] == "postgres unavailable"
+    assert line["level"] == "error"
+    assert str(port) in str(line["error"])
+    assert "\n" not in str(line["error"])
+
+
+def test_migrate_command_with_a_refused_migration_exits_1(fresh_database_url: str) -> None:
+    # An applied migration whose recorded checksum no longer matches the file on disk.
+    assert _processor_migrate(fresh_database_url).returncode == 0
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+    result = _processor_migrate(fresh_database_url)
+    assert result.returncode == exit_codes.FAILED, result.stdout + result.stderr
+    assert result.stderr == ""
+    [line] = _json_lines(result.stdout)
+    assert line["event"] == "migration failed"
+    assert "0001_positions" in str(line["error"])

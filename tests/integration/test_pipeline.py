@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import attrs
 import httpx
@@ -16,6 +17,7 @@ import trio
 
 from processor import config, exit_codes
 from processor.app import App
+from processor.core.codec import encode
 from processor.logs import make_logger
 from tests.helpers import (
     BASE_TIME,
@@ -213,3 +215,202 @@ async def test_late_fix_does_not_replace_newer_state(
     assert state.last_position is not None
     assert state.last_position.ts == BASE_TIME + timedelta(seconds=100)
     await wait_for(lambda: state.position_count_session == 2, what="count")
+
+
+LIFECYCLE = [
+    "starting",
+    "postgres connected",
+    "redis connected",
+    "migrations applied",
+    "consumer started",
+    "ready",
+]
+
+
+async def test_logs_are_json_lines_with_lifecycle_in_order_and_batch_lines_at_debug(
+    settings: config.Settings, sync_redis: redis.Redis, nursery: trio.Nursery
+) -> None:
+    out = io.StringIO()
+    app = App.create(settings, make_logger("debug", file=out))
+    exit_code: list[int] = []
+
+    async def run() -> None:
+        exit_code.append(await app.run())
+
+    nursery.start_soon(run)
+    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    prefix = _prefix()
+    positions = [make_position(f"{prefix}-{d}", second=s) for d in range(2) for s in range(4)]
+    publish(sync_redis, settings.telemetry_stream, positions)
+    await wait_for(lambda: app.metrics.acked._value.get() >= len(positions), what="all acked")
+    publish(sync_redis, settings.telemetry_stream, positions[:3])  # re-delivered: duplicates
+    await wait_for(lambda: app.metrics.acked._value.get() >= len(positions) + 3, what="dups")
+    assert await Running(app, exit_code).stop() == exit_codes.OK
+
+    lines = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert lines, "nothing logged"
+    for line in lines:
+        assert isinstance(line["event"], str)
+        assert line["level"] in {"debug", "info", "warning", "error"}
+        moment = datetime.fromisoformat(line["timestamp"])
+        assert moment.utcoffset() == timedelta(0), line
+    events = [line["event"] for line in lines]
+    for event in LIFECYCLE:
+        assert events.count(event) == 1, (event, events)
+    order = [events.index(event) for event in LIFECYCLE]
+    assert order == sorted(order), [events[i] for i in sorted(order)]
+    by_event = {line["event"]: line for line in lines}
+    assert all(by_event[event]["level"] == "info" for event in LIFECYCLE)
+    started = by_event["consumer started"]
+    assert (started["stream"], started["group"], started["consumer"]) == (
+        settings.telemetry_stream,
+        settings.consumer_group,
+        settings.consumer_name,
+    )
+    assert by_event["migrations applied"]["storage"] in {"plain", "hypertable"}
+
+    consumed = [line for line in lines if line["event"] == "consumed"]
+    written = [line for line in lines if line["event"] == "written"]
+    assert consumed
+    assert written
+    assert {line["level"] for line in consumed + written} == {"debug"}
+    assert sum(line["n"] for line in consumed) == len(positions) + 3
+    assert sum(line["inserted"] for line in written) == len(positions)
+    assert sum(line["duplicates"] for line in written) == 3
+    assert sum(line["failed"] for line in written) == 0
+
+
+async def test_info_level_hides_the_per_batch_lines(
+    settings: config.Settings, sync_redis: redis.Redis, nursery: trio.Nursery
+) -> None:
+    out = io.StringIO()
+    app = App.create(settings, make_logger("info", file=out))
+    exit_code: list[int] = []
+
+    async def run() -> None:
+        exit_code.append(await app.run())
+
+    nursery.start_soon(run)
+    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    publish(sync_redis, settings.telemetry_stream, [make_position(_prefix())])
+    await wait_for(lambda: app.metrics.acked._value.get() >= 1, what="one ack")
+    assert await Running(app, exit_code).stop() == exit_codes.OK
+    events = {json.loads(text)["event"] for text in out.getvalue().splitlines()}
+    assert set(LIFECYCLE) <= events
+    assert not events & {"consumed", "written", "acked"}
+
+
+def _lock_waiters(database_url: str) -> int:
+    """Sessions of this database blocked on a lock (the writer behind our LOCK TABLE)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_consumer_stops_reading_while_the_writer_cannot_write(
+    settings: config.Settings,
+    fresh_database_url: str,
+    sync_redis: redis.Redis,
+    nursery: trio.Nursery,
+) -> None:
+    """Backpressure: with the writer blocked, what is read stays within the bounded
+    channels (a few read batches), and the rest waits in Redis, not in our memory."""
+    read_count, capacity = 50, 2
+    settings = attrs.evolve(
+        settings,
+        postgres_url=fresh_database_url,
+        read_count=read_count,
+        batch_max=read_count,
+        channel_capacity=capacity,
+    )
+    app = App.create(settings, make_logger("warning"))
+    exit_code: list[int] = []
+
+    async def run() -> None:
+        exit_code.append(await app.run())
+
+    nursery.start_soon(run)
+    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    prefix = _prefix()
+    positions = [make_position(f"{prefix}-{d}", second=s) for d in range(30) for s in range(100)]
+
+    # Writer's batch + the batcher's remainder + the channel + the one read held by the
+    # consumer while it waits to hand it over: everything else must stay in Redis.
+    bound = (capacity + 3) * read_count
+    consumed = app.metrics.consumed
+    with psycopg.connect(fresh_database_url) as locker:
+        locker.execute("LOCK TABLE positions IN ACCESS EXCLUSIVE MODE")
+        publish(sync_redis, settings.telemetry_stream, positions)
+        await wait_for(lambda: _lock_waiters(fresh_database_url) >= 1, what="writer blocked")
+        await wait_for(lambda: consumed._value.get() >= capacity * read_count, what="filled")
+        # A negative property needs a window: unthrottled, the consumer reads all 3000
+        # entries in well under this (they are in Redis already, no blocking read).
+        await trio.sleep(1.0)
+        assert consumed._value.get() <= bound
+        assert group_pending(sync_redis, settings.telemetry_stream) <= bound
+        assert app.metrics.acked._value.get() == 0  # nothing committed, nothing acked
+        locker.rollback()
+
+    await wait_for(
+        lambda: count_rows(fresh_database_url, prefix) == len(positions), 60, what="all rows"
+    )
+    await wait_for(
+        lambda: group_pending(sync_redis, settings.telemetry_stream) == 0, what="all acked"
+    )
+    assert consumed._value.get() == len(positions)
+    assert await Running(app, exit_code).stop() == exit_codes.OK
+
+
+async def test_rows_postgres_rejects_are_failed_the_rest_of_the_batch_commits(
+    settings: config.Settings,
+    fresh_database_url: str,
+    sync_redis: redis.Redis,
+    nursery: trio.Nursery,
+) -> None:
+    """A row PostgreSQL refuses (here: a CHECK constraint the test adds) is isolated by
+    bisection and reported ``failed`` and dead-lettered; its batch-mates are inserted and
+    acked; nothing is left pending."""
+    settings = attrs.evolve(settings, postgres_url=fresh_database_url, batch_linger_ms=500)
+    app = App.create(settings, make_logger("warning"))
+    exit_code: list[int] = []
+
+    async def run() -> None:
+        exit_code.append(await app.run())
+
+    nursery.start_soon(run)
+    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE positions ADD CONSTRAINT test_refuses_marked"
+            " CHECK (device_id NOT LIKE '%-refused')"
+        )
+    prefix = _prefix()
+    good = [make_position(f"{prefix}-ok", second=s) for s in range(10)]
+    bad = [make_position(f"{prefix}-refused", second=s) for s in (3, 7)]
+    records = good[:3] + bad[:1] + good[3:7] + bad[1:] + good[7:]
+    ids = publish(sync_redis, settings.telemetry_stream, records)
+    bad_ids = {ids[3], ids[8]}
+
+    dlq = settings.dlq_stream_key
+    await wait_for(lambda: sync_redis.xlen(dlq) == 2, what="2 dead letters")
+    await wait_for(
+        lambda: group_pending(sync_redis, settings.telemetry_stream) == 0, what="all acked"
+    )
+    rows = app.metrics.rows
+    assert count_rows(fresh_database_url, f"{prefix}-ok") == len(good)
+    assert count_rows(fresh_database_url, f"{prefix}-refused") == 0
+    assert rows.labels("inserted")._value.get() == len(good)
+    assert rows.labels("failed")._value.get() == len(bad)
+    assert rows.labels("duplicate")._value.get() == 0
+    letters = {f[b"source_id"].decode(): f for _, f in sync_redis.xrange(dlq)}
+    assert set(letters) == bad_ids
+    for entry_id, letter in letters.items():
+        original = records[ids.index(entry_id)]
+        assert letter[b"error_kind"] == b"write_rejected"
+        assert b"test_refuses_marked" in letter[b"error"]
+        assert letter[b"payload"] == encode(original)[b"payload"]
+    assert await Running(app, exit_code).stop() == exit_codes.OK

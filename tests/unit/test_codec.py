@@ -304,6 +304,41 @@ def test_future_timestamp() -> None:
     assert_poison(with_field("timestamp", ahead), FutureTimestamp, "timestamp")
 
 
+def test_future_tolerance_boundary_is_more_than_not_at_least() -> None:
+    # "more than FUTURE_TOLERANCE ahead" is poison: exactly the tolerance is not.
+    at = NOW + timedelta(seconds=TOLERANCE_S)
+    assert decode_payload(with_field("timestamp", at.isoformat())).ts == at
+    past = at + timedelta(milliseconds=1)
+    assert_poison(
+        with_field("timestamp", past.isoformat(timespec="milliseconds")),
+        FutureTimestamp,
+        "timestamp",
+    )
+
+
+def test_future_rule_compares_the_instant_not_the_local_time() -> None:
+    # 11:40+02:00 is 09:40Z, 5 min ahead of NOW: fine, although 11:40 reads as hours ahead.
+    assert decode_payload(with_field("timestamp", "2026-05-12T11:40:00.000+02:00")).ts > NOW
+    # 05:50-05:00 is 10:50Z, 75 min ahead: poison, although 05:50 reads as the past.
+    assert_poison(
+        with_field("timestamp", "2026-05-12T05:50:00.000-05:00"), FutureTimestamp, "timestamp"
+    )
+
+
+def test_tolerance_comes_from_the_caller() -> None:
+    ahead = with_field("timestamp", (NOW + timedelta(seconds=30)).isoformat())
+    raw = {b"payload": json.dumps(ahead).encode()}
+    assert codec.decode(raw, now=NOW, future_tolerance_s=60).ts > NOW
+    with pytest.raises(FutureTimestamp):
+        codec.decode(raw, now=NOW, future_tolerance_s=10)
+
+
+def test_received_at_is_not_subject_to_the_future_rule() -> None:
+    # The rule protects partitions and "last position", both keyed on the fix time.
+    later = (NOW + timedelta(days=2)).isoformat()
+    assert decode_payload(with_field("received_at", later)).received_at == NOW + timedelta(days=2)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from processor import config
@@ -74,3 +77,53 @@ def test_run_help_documents_every_variable() -> None:
 
 def test_env_example_is_in_sync_with_the_variables() -> None:
     assert (ROOT / ".env.example").read_text() == config.env_example()
+
+
+@pytest.mark.parametrize("var", config.VARIABLES, ids=lambda v: v.env)
+def test_every_variable_rejects_garbage_in_one_line_naming_it(var: config.Variable) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.load({var.env: "two words\nand a line"})
+    message = str(info.value)
+    assert info.value.variable == var.env
+    assert message.startswith(f"{var.env}=")
+    assert f"expected {var.expected}" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("var", config.VARIABLES, ids=lambda v: v.env)
+def test_every_default_is_valid_and_documented(var: config.Variable) -> None:
+    parsed = var.parse(var.default_text())
+    assert getattr(config.load({}), var.field) == parsed
+    assert var.help
+    assert var.expected
+    example = config.env_example()
+    assert f"{var.env}=" in example
+
+
+def test_consumer_name_defaults_to_hostname_pid() -> None:
+    name = config.load({}).consumer_name
+    assert name == f"{socket.gethostname()}-{os.getpid()}"
+
+
+def test_settings_are_frozen() -> None:
+    settings = config.load({})
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        settings.batch_max = 5  # type: ignore[misc]
+
+
+def test_issue_variables_are_all_present() -> None:
+    names = {var.env for var in config.VARIABLES}
+    assert {
+        "REDIS_URL",
+        "POSTGRES_URL",
+        "REDIS_TELEMETRY_STREAM",
+        "REDIS_CONSUMER_GROUP",
+        "REDIS_CONSUMER_NAME",
+        "BATCH_MAX",
+        "BATCH_LINGER_MS",
+        "DEVICE_STATE_MAX",
+        "FUTURE_TOLERANCE_S",
+        "SHUTDOWN_BUDGET_S",
+        "HTTP_PORT",
+        "LOG_LEVEL",
+    } <= names

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.core.hot_state import DeviceStates
-from tests.helpers import make_position
+from tests.helpers import BASE_TIME, make_position
 
 NOW = datetime(2026, 5, 12, tzinfo=UTC)
 
@@ -49,3 +52,50 @@ def test_seed_does_not_override_live_state_and_missing_lists_unknown() -> None:
     assert states.missing(["a", "b", "b", "c"]) == ["b", "c"]
     states.seed("b", None)
     assert states.missing(["b"]) == []
+
+
+# Devices and fix times in a small space, so late fixes, ties and evictions all occur.
+observations = st.lists(
+    st.tuples(st.sampled_from("abcdef"), st.integers(min_value=0, max_value=20)), max_size=60
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations, st.integers(min_value=1, max_value=6))
+def test_state_matches_a_simple_model_whatever_the_arrival_order(
+    seen: list[tuple[str, int]], capacity: int
+) -> None:
+    """Against a model with no cleverness: last_position is the newest fix by fix time
+    (of equal ones the first: a twin never replaces it), the count is every observation
+    since the device (re)entered, and the devices kept are the ``capacity`` most recently
+    observed, in recency order."""
+    states = DeviceStates(capacity)
+    last: dict[str, tuple[int, int]] = {}  # device -> (fix second, step that delivered it)
+    counts: dict[str, int] = {}
+    recency: list[str] = []
+    for step, (device, second) in enumerate(seen):
+        # The step rides in altitude so the test can tell which of equal fixes is kept.
+        states.observe(make_position(device, second=second, altitude=float(step)), NOW)
+        if device in recency:
+            recency.remove(device)
+        else:
+            counts[device] = 0
+            last.pop(device, None)
+        recency.append(device)
+        if device not in last or second > last[device][0]:
+            last[device] = (second, step)
+        counts[device] += 1
+        for evicted in recency[:-capacity]:
+            recency.remove(evicted)
+        assert len(states) == len(recency) <= capacity
+
+    assert [d for d, _ in states.items()] == recency
+    for device in recency:
+        state = states.get(device)
+        assert state is not None
+        assert state.last_position is not None
+        second, step = last[device]
+        assert state.last_position.ts == BASE_TIME + timedelta(seconds=second)
+        assert state.last_position.altitude == float(step)
+        assert state.position_count_session == counts[device]
+        assert state.last_seen == NOW
