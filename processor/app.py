@@ -5,6 +5,7 @@
     ├── http                      /metrics /healthz /readyz
     └── services                  cancelled once the pipeline has drained
         ├── group stats sampler   lag, pending, DLQ length
+        ├── postgres probe        SELECT 1 on its own connection: readiness while idle
         ├── control listener      operator requests over pub/sub (rehydrate DEVICE)
         ├── plug-ins              race domain, live broadcast (processor.plugins)
         └── pipeline              exits on its own when the read scopes are cancelled
@@ -50,6 +51,7 @@ from processor.core.metrics import Metrics
 from processor.core.migrate import apply_migrations
 from processor.core.model import Entry
 from processor.core.pg_io import PositionStore, PostgresUnavailable
+from processor.core.pg_probe import PostgresProbe
 from processor.core.redis_io import RedisStreams, RedisUnavailable
 from processor.core.retry import RedisRetry
 from processor.core.shutdown import Shutdown
@@ -182,6 +184,15 @@ class App:
                         interval_s=s.lag_sample_interval_s,
                         metrics=self.metrics,
                         states=self.states,
+                        log=self.log,
+                    ).run
+                )
+                await services.start(
+                    PostgresProbe(
+                        url=s.postgres_url,
+                        interval_s=s.lag_sample_interval_s,
+                        health=self.health,
+                        metrics=self.metrics,
                         log=self.log,
                     ).run
                 )

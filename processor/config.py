@@ -342,7 +342,7 @@ VARIABLES: tuple[Variable, ...] = (
         "5",
         _float_range(0.05, 3_600),
         "seconds, 0.05-3600",
-        "How often group lag and pending count are sampled.",
+        "How often group lag and pending count are sampled, and PostgreSQL probed for readiness.",
     ),
     Variable(
         "CLAIM_INTERVAL_MS",

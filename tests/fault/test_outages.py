@@ -192,3 +192,25 @@ def test_postgres_restarted_mid_load(
         f" at the stop {rows_at_stop} rows, {pending_at_stop} pending;"
         f" ready {ready_after:.2f} s after the restart"
     )
+
+
+def test_postgres_down_while_idle_takes_the_instance_out_of_rotation(
+    own_pg: PostgresServer, redis_url: str, stream_key: str, tmp_path: Path
+) -> None:
+    """No records flow, so no write notices: the probe must, and clear it once it's back."""
+    database_url = own_pg.create_database()
+    env = processor_env(redis_url, database_url, stream_key, tmp_path)
+    proc = Processor(env)
+    try:
+        proc.wait_ready()
+        assert proc.readyz()[0] == 200
+        own_pg.stop("fast")
+        body = _poll_not_ready(proc, "postgres_probe")
+        assert proc.get("/healthz")[0] == 200
+        own_pg.start()
+        wait_until(lambda: proc.readyz()[0] == 200, 30, "ready again after the restart")
+        assert proc.events("postgres probe answered again"), proc.tail()
+        assert proc.stop() == exit_codes.OK, proc.tail()
+    finally:
+        proc.close()
+    print(f"\nidle postgres outage: /readyz said {body['reasons']}")
