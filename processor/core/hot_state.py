@@ -18,6 +18,14 @@ from processor.core.model import Position
 
 @attrs.define(slots=True)
 class DeviceState:
+    """What the processor knows of one device right now.
+
+    ``last_position`` is the newest fix *with* a GPS position: the contract's no-fix
+    records (0, 0 with no satellites) are stored but are not a place the device was, so
+    they never hide the last real one. ``position_count_session`` counts rows this
+    instance inserted, not deliveries: a re-delivered record is the same position.
+    """
+
     last_position: Position | None = None
     last_seen: datetime | None = None
     position_count_session: int = 0
@@ -38,13 +46,14 @@ class DeviceStates:
     def get(self, device_id: str) -> DeviceState | None:
         return self._states.get(device_id)
 
-    def observe(self, position: Position, seen_at: datetime) -> DeviceState:
-        """Record a committed fix; a late fix counts but never replaces a newer one."""
+    def observe(self, position: Position, seen_at: datetime, *, new: bool = True) -> DeviceState:
+        """Record a committed record (``new``: its row was inserted, not a re-delivery);
+        a late fix counts but never replaces a newer one."""
         state = self._touch(position.device_id)
         state.last_seen = seen_at
-        state.position_count_session += 1
+        state.position_count_session += new
         last = state.last_position
-        if last is None or position.ts > last.ts:
+        if position.fix_valid and (last is None or position.ts > last.ts):
             state.last_position = position
         return state
 

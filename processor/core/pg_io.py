@@ -86,7 +86,7 @@ NEWEST_POSITIONS = f"""
 SELECT {", ".join("p." + c for c in _POSITION_COLUMNS.split(", "))}
 FROM unnest(%s::text[]) AS d(id)
 CROSS JOIN LATERAL (
-    SELECT * FROM positions WHERE device_id = d.id ORDER BY ts DESC LIMIT 1
+    SELECT * FROM positions WHERE device_id = d.id AND fix_valid ORDER BY ts DESC LIMIT 1
 ) AS p
 """
 
@@ -188,7 +188,8 @@ class PositionStore:
         return {(device_id, ts) for device_id, ts in result}
 
     async def newest(self, device_ids: Sequence[str]) -> list[Position]:
-        """The newest stored fix of each device that has one (one indexed probe each)."""
+        """The newest stored valid fix of each device that has one (one indexed probe each;
+        no-fix records are skipped, as hot state skips them)."""
         rows = await self.session.run(_fetch_all, NEWEST_POSITIONS, [list(device_ids)])
         return [position_from_row(r) for r in rows]
 

@@ -85,8 +85,10 @@ class Writer:
 
         now = datetime.now(UTC)
         now_ms = now.timestamp() * 1000
-        for entry in committed:
-            self.states.observe(entry.position, now)
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if not outcome.committed:
+                continue
+            self.states.observe(entry.position, now, new=outcome is Outcome.INSERTED)
             self.metrics.e2e_latency.observe(
                 max(0.0, now_ms - entry_id_millis(entry.entry_id)) / 1000
             )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,3 +100,22 @@ def test_state_matches_a_simple_model_whatever_the_arrival_order(
         assert state.last_position.altitude == float(step)
         assert state.position_count_session == counts[device]
         assert state.last_seen == NOW
+
+
+def test_a_no_fix_record_is_seen_but_never_hides_the_last_real_position() -> None:
+    states = DeviceStates(10)
+    states.observe(make_position("a", second=1), NOW)
+    no_fix = make_position("a", second=5, latitude=0.0, longitude=0.0, satellites=0)
+    state = states.observe(attrs.evolve(no_fix, fix_valid=False), NOW)
+    assert state.last_position is not None
+    assert state.last_position.ts == BASE_TIME + timedelta(seconds=1)
+    assert state.position_count_session == 2
+    only_no_fix = states.observe(attrs.evolve(no_fix, device_id="b", fix_valid=False), NOW)
+    assert only_no_fix.last_position is None
+
+
+def test_a_redelivered_record_is_not_counted_again() -> None:
+    states = DeviceStates(10)
+    states.observe(make_position("a", second=1), NOW)
+    state = states.observe(make_position("a", second=1), NOW, new=False)
+    assert state.position_count_session == 1
