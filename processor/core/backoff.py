@@ -1,7 +1,8 @@
-"""Capped exponential backoff with full jitter.
+"""Capped exponential backoff with "equal jitter".
 
 Reconnect loops of several instances must not hammer a recovering Redis or PostgreSQL in
-lock-step, so each wait is random in [0, min(cap, base * 2**attempt)]; the first retry is
+lock-step, so each wait is random in [c/2, c] with c = min(cap, base * 2**attempt): spread
+out, yet never near zero, so a long outage is not probed in a burst. The first retry is
 quick because most outages (a failover, a restart) are short.
 """
 

@@ -118,6 +118,14 @@ def _build(registry: CollectorRegistry, stream: str) -> dict[str, object]:
         assert isinstance(family, Gauge)
         families[f"{name}_by_stream"] = family
         families[name] = family.labels(**labels)
+    # Children that exist from the start, at 0: ``increase()`` over a series that appears
+    # with its first event misses that event, and alerts are written on these.
+    for name, values in (("rows", ("inserted", "duplicate", "failed")),
+                         ("reconnects", ("redis", "postgres"))):  # fmt: skip
+        family = families[name]
+        assert isinstance(family, Counter)
+        for value in values:
+            family.labels(value)
     return families
 
 
