@@ -1,11 +1,15 @@
 """Operator commands of the race domain: ``replay`` and ``backfill-derived``.
 
 ``replay`` recomputes an event's timing from stored positions, exactly as the live path's
-recomputation does (same engine, same ``Replace`` write), so running it twice, or while
-the daemon runs, changes nothing the second time. ``--from/--to`` narrow the fixes read:
-results are then computed as if fixes outside did not exist (for investigating, not for
-routine use). ``backfill-derived`` fills ``positions.derived`` for rows written before the
-IO mapping existed (or all rows with ``--all``, after a mapping change).
+recomputation does (same engine, same ``Replace`` write, the same locked transaction per
+device: device lock, event locks, then ``timing_progress`` set), so running it twice, or
+while the daemon runs, changes nothing the second time and never interleaves with a live
+worker's pass on the same device. ``--from/--to`` narrow the fixes read: results are then
+computed as if fixes outside did not exist (for investigating, not for routine use: a
+running daemon times the device from all its stored fixes again at its next pass for it,
+or, after a ``--to``, at its next catch-up). ``backfill-derived`` fills
+``positions.derived`` for rows written before the IO mapping existed (or all rows with
+``--all``, after a mapping change).
 
 Both print a rich progress bar on stderr and a summary on stdout; exit 0 done, 1 the
 event does not exist, 69 PostgreSQL unavailable.
@@ -28,9 +32,8 @@ from processor.config import Settings
 from processor.core.bridge import open_bridge
 from processor.core.pg_io import PostgresUnavailable
 from processor.domain.definition import EMPTY, RaceDefinition, build_definition
-from processor.domain.results import Replace
+from processor.domain.live import LiveEngine
 from processor.domain.store import DomainStore, TablesMissing
-from processor.domain.timing import replay
 
 _RECORDS = "SELECT entry_id, geofence_id, crossed_at FROM timing_records WHERE entry_id = ANY(%s)"
 _RESULTS = (
@@ -109,30 +112,19 @@ async def replay_command(store: DomainStore, args: argparse.Namespace) -> int:
     devices = sorted(definition.entries_by_device)
     entry_ids = [e.id for d in devices for e in definition.entries_of(d)]
     before = await _snapshot(store, entry_ids)
+    engine = LiveEngine(definition)
     with Progress(console=Console(stderr=True)) as progress:
         task = progress.add_task(f"event {args.event}", total=len(devices))
         for device_id in devices:
-            fixes = await store.fixes(device_id, since, until)
-            write = replay(definition, device_id, fixes).snapshot()
-            if args.stage is not None:
-                write = _only_stage(write, args.stage)
-            await store.apply([write])
+            force = {device_id: "replay"}
+            await store.time(engine.plan([], force, window=(since, until), stage_id=args.stage))
+            engine.forget(device_id)  # one device's track at a time in memory
             progress.advance(task)
     after = await _snapshot(store, entry_ids)
     for table in ("timing_records", "stage_results"):
         added, changed, removed = _diff(before[table], after[table])
         print(f"{table}: {added} added, {changed} changed, {removed} removed")
     return exit_codes.OK
-
-
-def _only_stage(write: Replace, stage_id: int) -> Replace:
-    return Replace(
-        entry_ids=write.entry_ids,
-        event_ids=write.event_ids,
-        stage_ids=(stage_id,),
-        records=tuple(r for r in write.records if r.stage_id == stage_id),
-        results=tuple(r for r in write.results if r.stage_id == stage_id),
-    )
 
 
 async def _snapshot(store: DomainStore, entry_ids: list[int]) -> dict[str, dict[Any, Any]]:

@@ -1,8 +1,9 @@
 """The race domain as a plug-in: IO mapping on the write path, timing beside it.
 
     domain plug-in (in the app's services nursery)
-    ├── refresher   reloads the definition every DOMAIN_REFRESH_S or on request
-    └── worker      <- committed positions (bounded channel) -> timing -> PostgreSQL
+    ├── refresher   reloads the definition every DOMAIN_REFRESH_S or on request,
+    │               then asks the worker to catch up
+    └── worker      <- committed positions, catch-ups (bounded channel) -> timing -> PostgreSQL
 
 Resource handling: the plug-in owns two connections (``DomainStore``), one per task, so
 a slow definition load never delays result writes; both are closed when ``run`` ends.
@@ -12,11 +13,16 @@ known to be absent: then IO mapping runs on defaults and timing has nothing to d
 Error handling: PostgreSQL outages are waited out with backoff (timing falls behind, the
 pipeline does not: the observer only blocks when the channel is full). A write
 PostgreSQL refuses is logged and counted, and the devices involved are recomputed on
-their next record. Bad Directus rows are skipped and counted. Anything else crashes the
-tree, as everywhere.
+their next record (or by a catch-up: their progress stayed behind). Bad Directus rows
+are skipped and counted. Anything else crashes the tree, as everywhere.
 
-What is lost at shutdown or a crash (batches still in the channel) is not lost for
-timing: each device's first record after a start recomputes it from ``positions``.
+Timing progress is durable (``timing_progress``, see ``store``): every chunk is one locked
+transaction that decides per device between going on incrementally and recomputing from
+``positions``, so several instances sharing the stream agree with a replay. Nothing
+depends on the channel's contents surviving: after every definition load the worker
+catches up, recomputing devices with stored fixes newer than their progress (batches a
+shutdown or crash dropped, here or in another instance), and after a definition change
+every device of the new definition (stored fixes that were never timed against it).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from processor.core.backoff import Backoff
 from processor.core.model import Entry, Outcome, Position
 from processor.core.pg_io import PostgresUnavailable, RowsRejected
 from processor.domain.definition import EMPTY, RaceDefinition, build_definition
-from processor.domain.live import LiveEngine
+from processor.domain.live import LiveEngine, TimingPass
 from processor.domain.results import TimingRecord, Write
 from processor.domain.store import DomainStore, TablesMissing
 from processor.plugins import Context
@@ -47,6 +53,16 @@ T = TypeVar("T")
 CHANNEL_BATCHES = 16
 # Batches the worker merges into one round of recomputes and one transaction.
 COALESCE_BATCHES = 8
+# Devices a catch-up recomputes per transaction: bounds how long it holds their locks.
+CATCH_UP_DEVICES = 8
+
+
+@attrs.frozen
+class CatchUp:
+    """A definition load happened: the worker looks for stored fixes nobody timed."""
+
+
+Work = list[Position] | CatchUp
 
 
 @attrs.frozen
@@ -67,7 +83,8 @@ class DomainMetrics:
             ),
             recomputes=Counter(
                 "processor_domain_recomputes_total",
-                "Device timing rebuilt from stored positions, by reason (cold, late).",
+                "Device timing rebuilt from stored positions, by reason (cold, late,"
+                " shared, interleaved, catch-up, definition).",
                 ["reason"],
                 registry=registry,
             ),
@@ -113,7 +130,7 @@ class TimingObserver:
     """
 
     definitions: Definitions
-    send: trio.MemorySendChannel[list[Position]]
+    send: trio.MemorySendChannel[Work]
 
     async def committed(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
         entries_by_device = self.definitions.current.entries_by_device
@@ -137,8 +154,8 @@ class DomainPlugin:
     loader: DomainStore
     writer: DomainStore
     definitions: Definitions = attrs.field(factory=Definitions)
-    _send: trio.MemorySendChannel[list[Position]] = attrs.field(init=False)
-    _receive: trio.MemoryReceiveChannel[list[Position]] = attrs.field(init=False)
+    _send: trio.MemorySendChannel[Work] = attrs.field(init=False)
+    _receive: trio.MemoryReceiveChannel[Work] = attrs.field(init=False)
     _wake: trio.Event = attrs.field(factory=trio.Event)
     # Who hears of new crossings (the live broadcast), and the crossing time last told per
     # (entry, geofence), so a recomputation that changes nothing announces nothing.
@@ -146,7 +163,7 @@ class DomainPlugin:
     _announced: dict[tuple[int, int], datetime] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel[list[Position]](CHANNEL_BATCHES)
+        self._send, self._receive = trio.open_memory_channel[Work](CHANNEL_BATCHES)
 
     @property
     def enricher(self) -> IoEnricher:
@@ -178,8 +195,9 @@ class DomainPlugin:
             while not await self.reload():
                 await backoff.wait()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._refresh_loop)
                 nursery.start_soon(self._work)
+                await self._send.send(CatchUp())  # the worker is running: this cannot block
+                nursery.start_soon(self._refresh_loop)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -236,40 +254,72 @@ class DomainPlugin:
             with trio.move_on_after(self.refresh_s):
                 await self._wake.wait()
             self._wake = trio.Event()
-            await self.reload()
+            if await self.reload():
+                await self._send.send(CatchUp())
 
     async def _work(self) -> None:
-        engine = LiveEngine(self.definitions.current)
+        engine = LiveEngine(EMPTY)  # the first item finds a new definition: a full sweep
         async with self._receive:
             async for first in self._receive:
-                positions = list(first)
+                items = [first]
                 for _ in range(COALESCE_BATCHES - 1):
                     try:
-                        positions.extend(self._receive.receive_nowait())
+                        items.append(self._receive.receive_nowait())
                     except trio.WouldBlock:
                         break
                 if engine.definition is not self.definitions.current:
                     engine.reset(self.definitions.current)
-                await self.process(engine, positions)
+                    await self._recompute(engine, sorted(engine.definition.entries_by_device),
+                                          "definition")  # fmt: skip
+                positions = [p for item in items if isinstance(item, list) for p in item]
+                if positions:
+                    await self.process(engine, positions)
+                if any(isinstance(item, CatchUp) for item in items):
+                    await self.catch_up(engine)
 
-    async def process(self, engine: LiveEngine, positions: list[Position]) -> None:
-        """Time one chunk of committed fixes and write the results."""
-        ingested = engine.ingest(positions)
-        writes: list[Write] = list(ingested.updates)
-        for device_id, reason in ingested.recompute.items():
-            since, until = engine.window(device_id)
-            fixes = await self._retrying(self.writer.fixes, device_id, since, until)
-            writes.append(engine.recomputed(device_id, fixes))
+    async def catch_up(self, engine: LiveEngine) -> None:
+        """Recompute the devices with stored fixes newer than their timing progress."""
+        windows = [(d, engine.window(d)) for d in sorted(engine.definition.entries_by_device)]
+        behind = await self._retrying(self.writer.behind, windows)
+        await self._recompute(engine, behind, "catch-up")
+
+    async def _recompute(self, engine: LiveEngine, devices: Sequence[str], reason: str) -> None:
+        for i in range(0, len(devices), CATCH_UP_DEVICES):
+            chunk = devices[i : i + CATCH_UP_DEVICES]
+            await self.process(engine, [], dict.fromkeys(chunk, reason))
+
+    async def process(
+        self, engine: LiveEngine, positions: list[Position], force: Mapping[str, str] | None = None
+    ) -> None:
+        """Time one chunk of committed fixes (and ``force``d devices) and write the results.
+
+        One locked transaction per attempt (``DomainStore.time``). A failed attempt may
+        have advanced tracks halfway, so its devices are forgotten: the retry (or, for a
+        rejected write, their next chunk) recomputes them.
+        """
+        backoff = Backoff(cap_s=5.0)
+        while True:
+            work: TimingPass = engine.plan(positions, force)
+            try:
+                await self.writer.time(work)
+                break
+            except PostgresUnavailable as exc:
+                self._forget(engine, work)
+                self.log.warning("domain postgres unavailable", error=str(exc))
+                await backoff.wait()
+            except RowsRejected as exc:
+                self._forget(engine, work)
+                self.metrics.write_failures.inc()
+                self.log.error("timing write rejected", error=str(exc), devices=len(work.devices))
+                return
+        for reason in work.reasons.values():
             self.metrics.recomputes.labels(reason).inc()
-        try:
-            await self._retrying(self.writer.apply, writes)
-            self._announce(writes)
-        except RowsRejected as exc:
-            self.metrics.write_failures.inc()
-            devices = {p.device_id for p in positions}
-            self.log.error("timing write rejected", error=str(exc), devices=len(devices))
-            for device_id in devices:
-                engine.forget(device_id)
+        self._announce(work.writes)
+
+    @staticmethod
+    def _forget(engine: LiveEngine, work: TimingPass) -> None:
+        for device_id in work.devices:
+            engine.forget(device_id)
 
     async def _retrying(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         backoff = Backoff(cap_s=5.0)

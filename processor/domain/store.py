@@ -14,13 +14,22 @@ takes a transaction-level advisory lock per event it touches (``RESULTS_LOCK``, 
 order). Several instances, and the replay tool, write results of one stage at once; without
 the lock each one's re-rank reads the stage without the others' uncommitted rows and two
 entries can both end up rank 1. With it, a re-rank always sees every earlier write.
+
+Timing passes (``time``): the live worker's and the replay tool's unit of work is one
+transaction that first locks every device it times (``TIMING_LOCK``, in key order), then
+the events (as above: devices before events everywhere, so no lock cycles), reads
+``timing_progress``, lets the pass decide (``live.TimingPass``), reads the stored fixes of
+the devices it recomputes, writes the results and the new progress. Under the device lock
+a pass sees every fix committed before it and every earlier pass's progress, so two
+instances timing one device take turns instead of interleaving; a pass that fails leaves
+the old progress behind, and the next one recomputes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import psycopg
@@ -31,6 +40,9 @@ from processor.core.pg_session import PgSession, RowsRejected, describe
 from processor.domain.definition import RawRows
 from processor.domain.results import Replace, Write, events_of
 from processor.domain.timing import EPOCH, Fix
+
+if TYPE_CHECKING:
+    from processor.domain.live import TimingPass, Window
 
 T = TypeVar("T")
 
@@ -113,6 +125,49 @@ WITH ranked AS (
 UPDATE stage_results s SET rank = ranked.rank
 FROM ranked WHERE s.id = ranked.id AND s.rank IS DISTINCT FROM ranked.rank
 """
+# The advisory-lock namespace of timing passes; the second key is hashtext(device_id).
+TIMING_LOCK = 0x54494D45  # "TIME"
+LOCK_DEVICE = "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))"
+# The keys of several devices, in the order they are locked: by key, not by id, so two
+# devices whose ids hash alike (one lock) cannot make two passes take locks in a cycle.
+DEVICE_KEYS = "SELECT DISTINCT hashtext(d) FROM unnest(%s::text[]) AS d ORDER BY 1"
+LOCK_KEY = "SELECT pg_advisory_xact_lock(%s::int4, %s::int4)"
+PROGRESS = "SELECT device_id, updated_at FROM timing_progress WHERE device_id = ANY(%s)"
+# Per probe: the device's valid stored fixes in (after, upto] inside [since, until].
+COUNT_BETWEEN = """
+SELECT k.device_id, (
+    SELECT count(*) FROM positions p
+    WHERE p.device_id = k.device_id AND p.fix_valid
+      AND p.ts > coalesce(k.after, '-infinity') AND p.ts <= k.upto
+      AND p.ts >= coalesce(k.since, '-infinity') AND p.ts <= coalesce(k.until, 'infinity'))
+FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
+            %s::timestamptz[]) AS k(device_id, after, upto, since, until)
+"""
+SET_PROGRESS = """
+INSERT INTO timing_progress (device_id, last_ts, updated_at)
+SELECT k.device_id, k.last_ts, clock_timestamp()
+FROM unnest(%s::text[], %s::timestamptz[]) AS k(device_id, last_ts)
+ON CONFLICT (device_id) DO UPDATE SET last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
+RETURNING device_id, updated_at
+"""
+# A recomputation that found no fix: the row (if any) keeps last_ts, its token changes.
+TOUCH_PROGRESS = """
+UPDATE timing_progress SET updated_at = clock_timestamp() WHERE device_id = ANY(%s)
+RETURNING device_id, updated_at
+"""
+# Devices with a valid stored fix in their window newer than their progress (or no row):
+# fixes nobody timed (a shutdown or crash dropped them, or the device had no entry yet).
+BEHIND = """
+SELECT k.device_id
+FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS k(device_id, since, until)
+LEFT JOIN timing_progress t ON t.device_id = k.device_id
+WHERE EXISTS (
+    SELECT 1 FROM positions p
+    WHERE p.device_id = k.device_id AND p.fix_valid
+      AND p.ts > coalesce(t.last_ts, '-infinity')
+      AND p.ts >= coalesce(k.since, '-infinity') AND p.ts <= coalesce(k.until, 'infinity'))
+ORDER BY k.device_id
+"""
 FIXES = """
 SELECT ts, longitude, latitude, speed FROM positions
 WHERE device_id = %s AND fix_valid
@@ -158,15 +213,32 @@ class DomainStore:
         self, device_id: str, since: datetime | None = None, until: datetime | None = None
     ) -> list[Fix]:
         """A device's valid stored fixes in ``[since, until]``, in time order."""
-        rows = await self._run(_fetch, FIXES, (device_id, since, until))
-        return [
-            Fix(ts, (ts - EPOCH) // _US, lon, lat, speed or 0.0) for ts, lon, lat, speed in rows
-        ]
+        return _fixes(await self._run(_fetch, FIXES, (device_id, since, until)))
 
     async def apply(self, writes: Sequence[Write]) -> None:
         """Write results in one transaction and re-rank the stages they touch."""
         if writes:
             await self._run(_apply, list(writes))
+
+    async def time(self, work: TimingPass) -> None:
+        """Run one timing pass as one locked transaction (see the module docstring)."""
+        if work.devices:
+            await self._run(_time, work)
+
+    async def behind(self, windows: Sequence[tuple[str, Window]]) -> list[str]:
+        """Of these devices (and their windows), those with stored fixes nobody timed."""
+        if not windows:
+            return []
+        rows = await self._run(
+            _fetch,
+            BEHIND,
+            (
+                [d for d, _ in windows],
+                [w[0] for _, w in windows],
+                [w[1] for _, w in windows],
+            ),
+        )
+        return [d for (d,) in rows]
 
     async def fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read for the operator commands (replay summaries, backfill pages)."""
@@ -233,47 +305,101 @@ async def _load(conn: psycopg.AsyncConnection[Any], event_ids: list[int] | None)
     )
 
 
+def _fixes(rows: Sequence[tuple[Any, ...]]) -> list[Fix]:
+    return [Fix(ts, (ts - EPOCH) // _US, lon, lat, speed or 0.0) for ts, lon, lat, speed in rows]
+
+
+async def _time(conn: psycopg.AsyncConnection[Any], work: TimingPass) -> None:
+    devices = work.devices
+    events = work.events
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(DEVICE_KEYS, [devices])
+        for (key,) in await cur.fetchall():  # devices first, then events: one order everywhere
+            await cur.execute(LOCK_KEY, (TIMING_LOCK, key))
+        for event_id in events:
+            await cur.execute(LOCK_EVENT, (RESULTS_LOCK, event_id))
+        await cur.execute(PROGRESS, [devices])
+        progress = {d: at for d, at in await cur.fetchall()}
+        probes = work.probes(progress)
+        counts: dict[str, int] = {}
+        if probes:
+            await cur.execute(
+                COUNT_BETWEEN,
+                (
+                    [p.device_id for p in probes],
+                    [p.after for p in probes],
+                    [p.upto for p in probes],
+                    [p.since for p in probes],
+                    [p.until for p in probes],
+                ),
+            )
+            counts = {d: n for d, n in await cur.fetchall()}
+        for device_id, (since, until) in work.decide(counts):
+            await cur.execute(FIXES, (device_id, since, until))
+            work.recomputed(device_id, _fixes(await cur.fetchall()))
+        writes = work.writes
+        unlocked = {e for write in writes for e in events_of(write)} - set(events)
+        assert not unlocked, f"a timing pass wrote events it did not lock: {unlocked}"
+        await _write(cur, writes)
+        marks = work.progress()
+        tokens: dict[str, datetime] = {}
+        done = [(d, ts) for d, ts in marks if ts is not None]
+        if done:
+            await cur.execute(SET_PROGRESS, ([d for d, _ in done], [ts for _, ts in done]))
+            tokens.update({d: at for d, at in await cur.fetchall()})
+        empty = [d for d, ts in marks if ts is None]
+        if empty:
+            await cur.execute(TOUCH_PROGRESS, [empty])
+            tokens.update({d: at for d, at in await cur.fetchall()})
+    work.done(tokens)  # committed
+
+
 async def _apply(conn: psycopg.AsyncConnection[Any], writes: list[Write]) -> None:
-    stages: set[int] = set()
     events = sorted({e for write in writes for e in events_of(write)})
     async with conn.transaction(), conn.cursor() as cur:
         for event_id in events:  # in one order everywhere: no lock cycles between writers
             await cur.execute(LOCK_EVENT, (RESULTS_LOCK, event_id))
-        for write in writes:
-            exact = isinstance(write, Replace)
-            if exact:
-                assert isinstance(write, Replace)
-                stages |= await _delete_stale(cur, write)
-            if write.records:
-                await cur.executemany(
-                    UPSERT_RECORD_EXACT if exact else UPSERT_RECORD_EARLIER,
-                    [
-                        (r.event_id, r.stage_id, r.entry_id, r.device_id, r.geofence_id,
-                         r.kind, r.crossed_at, r.source_ts)
-                        for r in write.records
-                    ],
-                )  # fmt: skip
-            if write.visits:
-                await cur.executemany(
-                    UPSERT_VISIT,
-                    [
-                        (v.event_id, v.entry_id, v.geofence_id, v.entered_at, v.exited_at,
-                         v.max_speed_kmh)
-                        for v in write.visits
-                    ],
-                )  # fmt: skip
-            if write.results:
-                await cur.executemany(
-                    UPSERT_RESULT,
-                    [
-                        (r.event_id, r.stage_id, r.entry_id, r.started_at, r.finished_at,
-                         r.elapsed_ms, r.checkpoints_passed, r.checkpoints_total, r.status)
-                        for r in write.results
-                    ],
-                )  # fmt: skip
-            stages |= {r.stage_id for r in write.results}
-        if stages:
-            await cur.execute(RERANK, [sorted(stages)])
+        await _write(cur, writes)
+
+
+async def _write(cur: psycopg.AsyncCursor[Any], writes: Sequence[Write]) -> None:
+    """The rows of ``writes`` and the re-ranking of the stages they touch (in a transaction)."""
+    stages: set[int] = set()
+    for write in writes:
+        exact = isinstance(write, Replace)
+        if exact:
+            assert isinstance(write, Replace)
+            stages |= await _delete_stale(cur, write)
+        if write.records:
+            await cur.executemany(
+                UPSERT_RECORD_EXACT if exact else UPSERT_RECORD_EARLIER,
+                [
+                    (r.event_id, r.stage_id, r.entry_id, r.device_id, r.geofence_id,
+                     r.kind, r.crossed_at, r.source_ts)
+                    for r in write.records
+                ],
+            )  # fmt: skip
+        if write.visits:
+            await cur.executemany(
+                UPSERT_VISIT,
+                [
+                    (v.event_id, v.entry_id, v.geofence_id, v.entered_at, v.exited_at,
+                     v.max_speed_kmh)
+                    for v in write.visits
+                ],
+            )  # fmt: skip
+        if write.results:
+            await cur.executemany(
+                UPSERT_RESULT,
+                [
+                    (r.event_id, r.stage_id, r.entry_id, r.started_at, r.finished_at,
+                     r.elapsed_ms, r.checkpoints_passed, r.checkpoints_total, r.status)
+                    for r in write.results
+                ],
+            )  # fmt: skip
+        stages |= {r.stage_id for r in write.results}
+    if stages:
+        await cur.execute(RERANK, [sorted(stages)])
 
 
 async def _delete_stale(cur: psycopg.AsyncCursor[Any], write: Replace) -> set[int]:

@@ -6,14 +6,15 @@ test runs against PostgreSQL), so the late-data property can be checked fast and
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
 from processor.core.model import Position
+from processor.domain.live import Probe, TimingPass
 from processor.domain.results import Replace, StageResult, TimingRecord, Write, ZoneVisit
-from processor.domain.timing import Fix
+from processor.domain.timing import EPOCH, Fix
 from tests.helpers import make_position
 
 
@@ -53,3 +54,58 @@ class ModelStore:
 
 def position_of(device_id: str, f: Fix) -> Position:
     return make_position(device_id, ts=f.ts, longitude=f.x, latitude=f.y, speed=f.speed)
+
+
+@attrs.define
+class ModelProgress:
+    """``DomainStore.time`` in memory: ``timing_progress`` rows, counts, recompute reads.
+
+    Passes run one at a time here, as the device locks make them run in PostgreSQL.
+    """
+
+    store: ModelStore
+    stored: dict[str, list[Fix]]  # the positions table: every committed valid fix
+    rows: dict[str, tuple[datetime, datetime]] = attrs.field(factory=dict)  # last_ts, token
+    clock: int = 0
+
+    def run(self, work: TimingPass) -> None:
+        probes = work.probes({d: self.rows[d][1] for d in work.devices if d in self.rows})
+        counts = {p.device_id: len(self._between(p)) for p in probes}
+        for device_id, (since, until) in work.decide(counts):
+            work.recomputed(device_id, stored_in(self.stored.get(device_id, []), since, until))
+        for write in work.writes:
+            self.store.apply(write)
+        tokens: dict[str, datetime] = {}
+        for device_id, last in work.progress():
+            if last is None and device_id not in self.rows:
+                continue
+            self.clock += 1
+            token = EPOCH + timedelta(microseconds=self.clock)
+            self.rows[device_id] = (last or self.rows[device_id][0], token)
+            tokens[device_id] = token
+        work.done(tokens)
+
+    def behind(self, windows: dict[str, tuple[datetime | None, datetime | None]]) -> list[str]:
+        """``DomainStore.behind``: devices with a stored fix in window newer than progress."""
+        out = []
+        for device_id, (since, until) in sorted(windows.items()):
+            last = self.rows.get(device_id, (None, None))[0]
+            fixes = stored_in(self.stored.get(device_id, []), since, until)
+            if fixes and (last is None or fixes[-1].ts > last):
+                out.append(device_id)
+        return out
+
+    def _between(self, p: Probe) -> list[Fix]:
+        return [
+            f
+            for f in stored_in(self.stored.get(p.device_id, []), p.since, p.until)
+            if (p.after is None or f.ts > p.after) and f.ts <= p.upto
+        ]
+
+
+def stored_in(fixes: list[Fix], since: datetime | None, until: datetime | None) -> list[Fix]:
+    """``DomainStore.fixes``: the stored fixes in ``[since, until]``, in time order."""
+    return sorted(
+        (f for f in fixes if (since is None or f.ts >= since) and (until is None or f.ts <= until)),
+        key=lambda f: f.t_us,
+    )

@@ -117,3 +117,53 @@ async def test_definition_is_reloaded_every_refresh_interval(
     first = loads()
     await wait_for(lambda: loads() >= first + 2, 10, what="two timed reloads")
     await running.stop()
+
+
+async def test_a_reload_times_fixes_the_device_sent_before_its_entry_existed(
+    settings: config.Settings, sync_redis: redis.Redis, nursery: trio.Nursery
+) -> None:
+    """The car drove the stage before the organisers added its entry: its fixes are stored
+    but were nobody's to time. ``processor domain reload`` after adding the entry times
+    them, with no new fix from the device."""
+    url = settings.postgres_url
+    race: dict[str, Any] = insert_race(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM entries WHERE id = %s", (race["entry"],))
+    running = await start_app(nursery, settings)
+    try:
+        fixes = [fix(0, 13.99), fix(10, 14.01), fix(90, 14.09), fix(100, 14.11)]
+        publish(
+            sync_redis, settings.telemetry_stream, [position_of(race["imei"], f) for f in fixes]
+        )
+
+        def stored() -> int:
+            [(n,)] = rows(url, "SELECT count(*) FROM positions WHERE device_id = %s", race["imei"])
+            return int(n)
+
+        await wait_for(lambda: stored() == len(fixes), 20, what="fixes stored")
+        with psycopg.connect(url, autocommit=True) as conn:
+            [(entry,)] = conn.execute(
+                "INSERT INTO entries (event_id, device_id, number)"
+                " SELECT %s, id, '7' FROM devices WHERE imei = %s RETURNING id",
+                (race["event"], race["imei"]),
+            ).fetchall()
+        assert rows(url, "SELECT 1 FROM timing_records WHERE entry_id = %s", entry) == []
+        result = await trio.to_thread.run_sync(cli, settings, "domain", "reload", "--json")
+        assert result.json()["receivers"] == 1
+
+        def crossed() -> list[tuple[Any, ...]]:
+            return rows(
+                url,
+                "SELECT kind, crossed_at FROM timing_records WHERE entry_id = %s"
+                " ORDER BY crossed_at",
+                entry,
+            )
+
+        await wait_for(lambda: len(crossed()) == 4, 20, what="the stored fixes timed")
+        assert crossed() == [
+            ("start", at(5)), ("checkpoint", at(30)), ("checkpoint", at(60)), ("finish", at(95))
+        ]  # fmt: skip
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE events SET status = 'finished' WHERE id = %s", (race["event"],))
+    await running.stop()

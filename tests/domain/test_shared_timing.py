@@ -1,0 +1,371 @@
+"""Durable timing progress: live timing equals ``processor replay`` even when the fixes of
+one device are split across instances, dropped from a stopped worker's queue, or stored
+before the race definition knew the device.
+
+Every "instance" here is a ``DomainPlugin`` of its own (own engine, own connections) on one
+PostgreSQL database; fixes are committed to ``positions`` first, as the writer does, and
+only then handed to a worker, or never.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import trio
+from prometheus_client import CollectorRegistry
+
+from processor.core.migrate import apply_migrations
+from processor.core.pg_io import position_row
+from processor.domain import commands
+from processor.domain.live import LiveEngine
+from processor.domain.plugin import DomainMetrics, DomainPlugin
+from processor.domain.store import LOCK_DEVICE, TIMING_LOCK, DomainStore
+from processor.domain.timing import Fix
+from processor.logs import make_logger
+from tests.domain.course import at, fix, line
+from tests.domain.model_store import position_of
+from tests.domain.test_app import LONS, insert_race, rows
+from tests.helpers import wait_for
+
+# Start at 5 s, checkpoints at 25 and 46.667 s, the zone 60-80 s, the finish at 95 s.
+FIXES = [fix(i * 10, lon, speed=40.0 + i) for i, lon in enumerate(LONS)]
+EXPECTED_RECORDS = {
+    ("start", 0): at(5),
+    ("checkpoint", 1): at(25),
+    ("checkpoint", 2): at(46.667),
+    ("finish", 9): at(95),
+}
+
+
+@pytest.fixture
+async def url(fresh_database_url: str, bridge: None) -> str:
+    await apply_migrations(fresh_database_url, log=make_logger("warning"))
+    return fresh_database_url
+
+
+def plugin(url: str, name: str) -> DomainPlugin:
+    """One instance's race domain: its own engine state and its own two connections."""
+    return DomainPlugin(
+        refresh_s=3600.0,
+        log=make_logger("warning").bind(plugin="domain", instance=name),
+        metrics=DomainMetrics.create(CollectorRegistry()),
+        loader=DomainStore(url, application_name=f"test-{name}-loader"),
+        writer=DomainStore(url, application_name=f"test-{name}"),
+    )
+
+
+def commit(url: str, imei: str, fixes: Sequence[Fix]) -> list[Any]:
+    """What the writer does before any observer hears of a batch: the rows are stored."""
+    positions = [position_of(imei, f) for f in fixes]
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO positions (device_id, ts, latitude, longitude, altitude, heading, speed,"
+            " satellites, priority, event_io_id, fix_valid, attributes, received_at, derived)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb)",
+            [position_row(p) for p in positions],
+        )
+    return positions
+
+
+def timing_rows(url: str, race: dict[str, Any]) -> dict[str, Any]:
+    names = {v: k for k, v in race["fences"].items()}
+    entry = race["entry"]
+    records = rows(
+        url,
+        "SELECT geofence_id, crossed_at, source_ts FROM timing_records WHERE entry_id = %s",
+        entry,
+    )
+    return {
+        "records": {names.get(g, g): (t, s) for g, t, s in records},
+        "results": rows(
+            url,
+            "SELECT started_at, finished_at, elapsed_ms, checkpoints_passed, checkpoints_total,"
+            " status, rank FROM stage_results WHERE entry_id = %s",
+            entry,
+        ),
+        "visits": rows(
+            url,
+            "SELECT geofence_id, entered_at, exited_at, max_speed_kmh FROM zone_events"
+            " WHERE entry_id = %s ORDER BY entered_at",
+            entry,
+        ),
+    }
+
+
+def crossings(url: str, race: dict[str, Any]) -> dict[Any, Any]:
+    return {k: t for k, (t, _) in timing_rows(url, race)["records"].items()}
+
+
+async def assert_equals_replay(
+    url: str, race: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> dict[str, Any]:
+    """``processor replay`` over the same stored fixes finds nothing to change."""
+    live = timing_rows(url, race)
+    capsys.readouterr()
+    store = DomainStore(url, application_name="test-replay")
+    try:
+        args = argparse.Namespace(event=race["event"], stage=None, since=None, until=None)
+        assert await commands.replay_command(store, args) == 0
+    finally:
+        await store.aclose()
+    out = capsys.readouterr().out
+    assert "timing_records: 0 added, 0 changed, 0 removed" in out, out
+    assert "stage_results: 0 added, 0 changed, 0 removed" in out, out
+    assert timing_rows(url, race) == live
+    return live
+
+
+def progress(url: str, imei: str) -> list[tuple[Any, ...]]:
+    return rows(url, "SELECT last_ts FROM timing_progress WHERE device_id = %s", imei)
+
+
+def recomputes(p: DomainPlugin, reason: str) -> float:
+    return p.metrics.recomputes.labels(reason)._value.get()
+
+
+@asynccontextmanager
+async def running(p: DomainPlugin) -> AsyncIterator[DomainPlugin]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(p.run)
+        yield p
+        nursery.cancel_scope.cancel()
+
+
+async def test_two_instances_taking_turns_on_one_device_equal_replay(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Alternating 2-fix chunks: each instance alone would time segments that skip the
+    other's fixes (old code: finish at 94.444 s from 14.078 at 70 s -> 14.105 at 100 s)."""
+    race = insert_race(url)
+    a, b = plugin(url, "a"), plugin(url, "b")
+    try:
+        for p in (a, b):
+            assert await p.reload()
+        engine_a, engine_b = LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)
+        for i in range(0, len(FIXES), 2):
+            positions = commit(url, race["imei"], FIXES[i : i + 2])
+            p, engine = (a, engine_a) if i % 4 == 0 else (b, engine_b)
+            await p.process(engine, positions)
+        live = await assert_equals_replay(url, race, capsys)
+    finally:
+        for p in (a, b):
+            await p.loader.aclose()
+            await p.writer.aclose()
+    assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
+    assert live["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
+    assert progress(url, race["imei"]) == [(FIXES[-1].ts,)]
+    # Every chunk found the other instance's writes since its own: none went on blindly.
+    assert recomputes(a, "shared") == 2
+    assert recomputes(b, "shared") == 2
+
+
+async def test_an_interleaving_fix_of_another_instance_forces_a_recompute(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Instance b has committed chunks but not timed them yet when instance a times its
+    next one. First a's track is still the latest written, but the stored fixes between
+    its last fix and the new ones outnumber what it got: it recomputes instead of timing
+    the segment 30 s -> 60 s. Then b times its chunks before a's last one: a sees b's
+    write and recomputes (old code: finish at 94.444 s on the segment 70 s -> 100 s)."""
+    race = insert_race(url)
+    imei = race["imei"]
+    a, b = plugin(url, "a"), plugin(url, "b")
+    try:
+        for p in (a, b):
+            assert await p.reload()
+        engine_a, engine_b = LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)
+        await a.process(engine_a, commit(url, imei, FIXES[0:2]))  # cold
+        await a.process(engine_a, commit(url, imei, FIXES[2:4]))  # incremental
+        queued_b = commit(url, imei, FIXES[4:6])  # b's, still in its queue
+        await a.process(engine_a, commit(url, imei, FIXES[6:8]))  # interleaved
+        queued_b += commit(url, imei, FIXES[8:10])
+        queued_a = commit(url, imei, FIXES[10:])
+        await b.process(engine_b, queued_b)  # cold
+        await a.process(engine_a, queued_a)  # shared: b wrote since
+        live = await assert_equals_replay(url, race, capsys)
+    finally:
+        for p in (a, b):
+            await p.loader.aclose()
+            await p.writer.aclose()
+    assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
+    assert live["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
+    reasons = ("cold", "late", "interleaved", "shared")
+    assert [recomputes(a, r) for r in reasons] == [1, 0, 1, 1]  # 3 of 4 chunks
+    assert [recomputes(b, r) for r in reasons] == [1, 0, 0, 0]
+
+
+async def test_a_late_fix_timed_elsewhere_is_not_overwritten_by_a_stale_track(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Instance b times a late fix (7 s) that moves the start from 5 s to 7.5 s; its
+    recomputation ends at the same last fix (10 s) as a's track. Comparing the last fix
+    time alone, a would go on with its stale clock (started 5 s, elapsed 90 s); the
+    progress token tells it someone else wrote the device."""
+    race = insert_race(url)
+    imei = race["imei"]
+    a, b = plugin(url, "a"), plugin(url, "b")
+    try:
+        for p in (a, b):
+            assert await p.reload()
+        engine_a, engine_b = LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)
+        await a.process(engine_a, commit(url, imei, FIXES[0:2]))
+        await b.process(engine_b, commit(url, imei, [fix(7, 13.998)]))
+        assert progress(url, imei) == [(FIXES[1].ts,)]
+        await a.process(engine_a, commit(url, imei, FIXES[2:]))
+        live = await assert_equals_replay(url, race, capsys)
+    finally:
+        for p in (a, b):
+            await p.loader.aclose()
+            await p.writer.aclose()
+    assert crossings(url, race)[("start", 0)] == at(7.5)
+    assert live["results"] == [(at(7.5), at(95), 87_500, 2, 2, "finished", 1)]
+    assert recomputes(a, "shared") == 1
+
+
+async def test_fixes_no_worker_timed_are_caught_up_without_a_new_fix(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(a) SIGTERM dropped the worker's queue: a fresh instance times the stored fixes at
+    start. Then an instance that died (kill -9) left fixes untimed while this one runs:
+    the next definition refresh catches them up."""
+    race = insert_race(url)
+    imei = race["imei"]
+    first = plugin(url, "first")
+    assert await first.reload()
+    engine = LiveEngine(first.definitions.current)
+    await first.process(engine, commit(url, imei, FIXES[:3]))  # timed: the start
+    commit(url, imei, FIXES[3:6])  # committed, still queued at SIGTERM: dropped
+    await first.loader.aclose()
+    await first.writer.aclose()
+    assert set(crossings(url, race)) == {("start", 0)}
+
+    async with running(plugin(url, "second")) as second:
+        await wait_for(
+            lambda: ("checkpoint", 2) in crossings(url, race), 10, what="the catch-up at start"
+        )
+        assert progress(url, imei) == [(FIXES[5].ts,)]
+        # Another instance commits the rest and dies before timing it; no fix follows.
+        commit(url, imei, FIXES[6:])
+        second.request_reload()
+        await wait_for(lambda: ("finish", 9) in crossings(url, race), 10, what="catch-up")
+        assert recomputes(second, "catch-up") == 1
+    live = await assert_equals_replay(url, race, capsys)
+    assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
+    assert live["visits"] == [(race["fences"][("zone", 0)], at(60), at(80), 47.0)]
+    assert progress(url, imei) == [(FIXES[-1].ts,)]
+
+
+async def test_a_reload_times_fixes_stored_before_the_definition_knew_them(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(b) The car drove the stage before its entry was added (and before a checkpoint was
+    drawn): the reload that brings the entry, and the one that brings the checkpoint,
+    time the stored fixes without any new fix arriving."""
+    race = insert_race(url)
+    imei = race["imei"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM entries WHERE id = %s", (race["entry"],))
+    commit(url, imei, FIXES)
+    async with running(plugin(url, "live")) as p:
+        assert imei not in p.definitions.current.entries_by_device
+        with psycopg.connect(url, autocommit=True) as conn:
+            [(entry,)] = conn.execute(
+                "INSERT INTO entries (event_id, device_id, number)"
+                " SELECT %s, id, '7' FROM devices WHERE imei = %s RETURNING id",
+                (race["event"], imei),
+            ).fetchall()
+        race["entry"] = entry
+        p.request_reload()
+        await wait_for(lambda: crossings(url, race) == EXPECTED_RECORDS, 10, what="entry added")
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            [(extra,)] = conn.execute(
+                "INSERT INTO geofences (event_id, stage_id, kind, sequence, geometry)"
+                " VALUES (%s, %s, 'checkpoint', 3, %s) RETURNING id",
+                (race["event"], race["stage"], orjson.dumps(line(14.092)).decode()),
+            ).fetchall()
+        race["fences"][("checkpoint", 3)] = extra
+        p.request_reload()
+        # 14.09 at 80 s -> 14.095 at 90 s crosses 14.092 at 84 s.
+        await wait_for(
+            lambda: crossings(url, race).get(("checkpoint", 3)) == at(84), 10, what="checkpoint"
+        )
+    live = await assert_equals_replay(url, race, capsys)
+    assert live["results"] == [(at(5), at(95), 90_000, 3, 3, "finished", 1)]
+
+
+async def test_replay_waits_for_the_device_lock_and_records_progress(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A live worker's pass holds the device (its transaction is open): ``processor
+    replay`` waits for it rather than interleave, then records the device's progress."""
+    race = insert_race(url)
+    imei = race["imei"]
+    commit(url, imei, FIXES)
+    worker = psycopg.connect(url)  # another instance, mid-pass on this device
+    store = DomainStore(url, application_name="test-replay")
+    try:
+        worker.execute(LOCK_DEVICE, (TIMING_LOCK, imei))
+        done = trio.Event()
+
+        async def replay() -> None:
+            args = argparse.Namespace(event=race["event"], stage=None, since=None, until=None)
+            assert await commands.replay_command(store, args) == 0
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(replay)
+            await wait_for(lambda: waiting_on_advisory_lock(url), 10, what="replay waits")
+            assert not done.is_set()
+            assert crossings(url, race) == {}
+            worker.commit()
+        assert crossings(url, race) == EXPECTED_RECORDS
+        assert progress(url, imei) == [(FIXES[-1].ts,)]
+    finally:
+        worker.close()
+        await store.aclose()
+
+
+def waiting_on_advisory_lock(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        [(waiting,)] = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchall()
+    return bool(waiting)
+
+
+async def test_two_instances_timing_two_devices_at_once_equal_replay(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Truly concurrent passes: both instances commit and time chunks holding fixes of two
+    devices (of two events) at the same time; the locks make them take turns per device,
+    in one order, so neither deadlocks and both races end as a replay leaves them."""
+    races = [insert_race(url), insert_race(url)]
+    a, b = plugin(url, "a"), plugin(url, "b")
+
+    async def instance(p: DomainPlugin, chunks: range) -> None:
+        engine = LiveEngine(p.definitions.current)
+        for i in chunks:
+            positions = [q for r in races for q in commit(url, r["imei"], FIXES[i : i + 1])]
+            await p.process(engine, positions)
+
+    try:
+        for p in (a, b):
+            assert await p.reload()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(instance, a, range(0, len(FIXES), 2))
+            nursery.start_soon(instance, b, range(1, len(FIXES), 2))
+        for race in races:
+            live = await assert_equals_replay(url, race, capsys)
+            assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
+    finally:
+        for p in (a, b):
+            await p.loader.aclose()
+            await p.writer.aclose()
+    assert a.metrics.write_failures._value.get() == 0
