@@ -19,11 +19,15 @@ class Backoff:
     base_s: float = 0.05
     cap_s: float = 5.0
     attempt: int = 0
-    _random: random.Random = attrs.field(factory=random.Random, repr=False)
+    # Seeded on the first wait only: a Backoff is made for every Redis call that might
+    # retry, and seeding from the OS each time cost a getrandom(2) per call.
+    _random: random.Random | None = attrs.field(default=None, repr=False)
 
     def next_delay(self) -> float:
         ceiling = min(self.cap_s, self.base_s * (2**self.attempt))
         self.attempt = min(self.attempt + 1, 30)
+        if self._random is None:
+            self._random = random.Random()
         return self._random.uniform(ceiling / 2, ceiling)
 
     def reset(self) -> None:
