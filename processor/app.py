@@ -57,7 +57,7 @@ from processor.core.retry import RedisRetry
 from processor.core.shutdown import Shutdown
 from processor.core.writer import Writer
 from processor.http import serve as serve_http
-from processor.panic import write_panic_dump
+from processor.panic import waiting_dumps, write_panic_dump
 from processor.plugins import (
     Context,
     Plugin,
@@ -121,6 +121,7 @@ class App:
                     self.shutdown.attach_root(root_scope)
                     async with trio.open_nursery() as root:
                         root.start_soon(self._watch_signals)
+                        root.start_soon(self._count_panic_dumps)
                         self.http_url = await root.start(
                             serve_http,
                             self.settings.http_host,
@@ -403,6 +404,13 @@ class App:
                     "shutdown requested", signal=name, budget_s=self.settings.shutdown_budget_s
                 )
                 self.shutdown.begin(f"{name} received")
+
+    async def _count_panic_dumps(self) -> None:
+        """``processor_panic_dumps``: at start (a restart after a crash finds its dump),
+        then every minute, so it drops once an operator deleted what they read."""
+        while True:
+            self.metrics.panic_dumps.set(waiting_dumps(self.settings.panic_dump_dir))
+            await trio.sleep(60)
 
     def _panic(self, exc: BaseException) -> int:
         self.metrics.panics.inc()

@@ -29,6 +29,22 @@ from processor.core.hot_state import DeviceStates
 # Enough devices to see a pattern without writing a huge file while crashing.
 DUMP_DEVICES_MAX = 1000
 
+# Every dump's file name starts so; ``waiting_dumps`` counts them.
+DUMP_PREFIX = "processor-panic-"
+
+
+def waiting_dumps(directory: str | Path) -> int:
+    """Dumps in ``directory`` nobody has deleted yet; 0 when it does not exist.
+
+    The panic counter is incremented just before the process exits, so no scrape sees
+    it; the dumps a restarted instance finds are what an alert can see, until an operator
+    reads and deletes them.
+    """
+    try:
+        return sum(1 for _ in Path(directory).glob(f"{DUMP_PREFIX}*.json"))
+    except OSError:
+        return 0
+
 
 def write_panic_dump(
     directory: str, exc: BaseException, settings: Settings, states: DeviceStates, health: Readiness
@@ -55,7 +71,7 @@ def write_panic_dump(
         "device_states": len(states),
         "devices": devices,
     }
-    path = Path(directory) / f"processor-panic-{now:%Y%m%dT%H%M%S}-{os.getpid()}.json"
+    path = Path(directory) / f"{DUMP_PREFIX}{now:%Y%m%dT%H%M%S}-{os.getpid()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(dump, default=str, option=orjson.OPT_INDENT_2))
     return path

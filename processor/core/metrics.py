@@ -105,6 +105,11 @@ def _build(registry: CollectorRegistry, stream: str) -> dict[str, object]:
             "processor_device_states", "Devices held in hot state.", registry=registry
         ),
         "ready": Gauge("processor_ready", "1 while /readyz answers 200.", registry=registry),
+        "panic_dumps": Gauge(
+            "processor_panic_dumps",
+            "Panic dumps waiting in PANIC_DUMP_DIR: a crash happened; read, then delete them.",
+            registry=registry,
+        ),
         "panics": Counter(
             "processor_panic_exits_total",
             "Crashes that wrote a panic dump (seen after restart in logs).",
@@ -155,6 +160,7 @@ class Metrics:
     dlq_length_by_stream: Gauge
     device_states: Gauge
     ready: Gauge
+    panic_dumps: Gauge
     panics: Counter
 
     @classmethod

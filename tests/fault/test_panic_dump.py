@@ -10,12 +10,14 @@ import json
 from pathlib import Path
 
 import attrs
+import trio
 
 from processor import config
+from processor.app import App
 from processor.core.health import Readiness
 from processor.core.hot_state import DeviceStates
-from processor.panic import write_panic_dump
-from tests.helpers import BASE_TIME, make_position
+from processor.panic import waiting_dumps, write_panic_dump
+from tests.helpers import BASE_TIME, make_position, start_app
 
 
 def test_dump_has_settings_and_state_but_no_passwords(
@@ -50,3 +52,28 @@ def test_dump_has_settings_and_state_but_no_passwords(
     assert any("boom" in line for line in dump["traceback"])
     assert dump["readiness_problems"] == {"postgres": "connection refused"}
     assert dump["devices"]["dumped-1"]["position_count_session"] == 1
+
+
+async def test_a_restarted_instance_reports_the_dump_it_finds(
+    settings: config.Settings, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """The panic counter dies with the process; the dump it left is what a scrape sees."""
+    dumps = tmp_path / "dumps"
+    s = attrs.evolve(settings, panic_dump_dir=str(dumps))
+    path = write_panic_dump(
+        s.panic_dump_dir, RuntimeError("boom"), s, DeviceStates(10), Readiness()
+    )
+    (dumps / "unrelated.json").write_text("{}")
+    running = await start_app(nursery, s)
+    try:
+        assert _gauge(running.app, "processor_panic_dumps") == 1
+    finally:
+        await running.stop()
+    path.unlink()
+    assert waiting_dumps(dumps) == 0
+
+
+def _gauge(app: App, name: str) -> float:
+    value = app.metrics.registry.get_sample_value(name)
+    assert value is not None, name
+    return value
