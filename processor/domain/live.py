@@ -16,6 +16,19 @@ A device is recomputed (the ``processor_domain_recomputes_total`` reasons) when
   one than the engine got: another instance committed fixes it has not timed yet;
 - ``definition`` / ``catch-up``: the worker's sweeps (see ``plugin``).
 Recomputation is idempotent, so an unnecessary one costs time, never correctness.
+
+A ``cold``, ``shared`` or ``interleaved`` device is ``rebuilt`` instead (the reason
+counted then) when its stored rows say exactly what a full recomputation would start
+from: the device has a ``timing_progress`` row written under this very definition
+(``Mark.definition``), and no new fix is at or before its ``last_ts``. The track is then
+restored from the rows of its entries and the fix at ``last_ts`` (``DeviceTrack.restore``)
+and fed the stored fixes after it up to the newest new one: a read bounded by the chunk
+(and other instances' untimed fixes), not by the device's history. New fixes at or before
+``last_ts`` are not late if the row's ``timed`` equals the count of stored fixes up to
+``last_ts``: then whoever wrote it read them (another instance's pass fed them with its
+own), and the rebuild only feeds what follows. A late fix (one not reflected), a
+definition sweep, a catch-up (it may find untimed fixes before ``last_ts``), the replay
+tool's narrowed passes, and rows that do not fit the definition replay everything.
 """
 
 from __future__ import annotations
@@ -27,8 +40,11 @@ import attrs
 
 from processor.core.model import Position
 from processor.domain.definition import RaceDefinition
-from processor.domain.results import Replace, Update, Write
+from processor.domain.results import Replace, StageResult, TimingRecord, Update, Write, ZoneVisit
 from processor.domain.timing import DeviceTrack, Fix, replay
+
+# The reasons a recomputation may be a rebuild from stored rows (see the module docstring).
+REBUILDABLE = frozenset({"cold", "shared", "interleaved"})
 
 
 @attrs.frozen
@@ -55,6 +71,39 @@ class Probe:
     since: datetime | None
     until: datetime | None
     count: int
+
+
+@attrs.frozen
+class Mark:
+    """A device's ``timing_progress`` row as a pass reads it."""
+
+    token: datetime  # updated_at
+    last_ts: datetime
+    definition: str | None  # the fingerprint of the definition its rows follow
+    timed: int | None = None  # how many stored fixes (valid, in window, <= last_ts) they reflect
+
+
+@attrs.frozen
+class Rebuild:
+    """A device to restore from its stored rows: the store reads, for ``entry_ids``, their
+    timing_records, zone_events and stage_results, the valid stored fix at ``after`` and
+    the valid ones in ``(after, upto]`` inside ``[since, until]`` (``None``: open)."""
+
+    device_id: str
+    entry_ids: tuple[int, ...]
+    after: datetime
+    upto: datetime | None
+    since: datetime | None
+    until: datetime | None
+
+
+@attrs.frozen
+class StoredRows:
+    """The rows of one device's entries, as the store read them."""
+
+    records: Sequence[TimingRecord] = ()
+    visits: Sequence[ZoneVisit] = ()
+    results: Sequence[StageResult] = ()
 
 
 @attrs.define
@@ -166,9 +215,11 @@ def _admitted(fix: Fix, window: Window) -> bool:
 @attrs.define
 class TimingPass:
     """The decisions of one locked timing transaction (``DomainStore.time``), in order:
-    ``probes`` (given the stored progress), ``decide`` (given the counts), ``recomputed``
-    for each device it returns, then ``writes`` and ``progress`` are written, and after the
-    commit ``done`` installs the new tokens. On any failure the caller forgets
+    ``probes`` (given the stored progress), ``decide`` (given the counts), ``rebuilt`` for
+    each of ``rebuilds`` (given their stored rows), ``recomputed`` for each device
+    ``decide`` returns and each rebuild that failed, then ``writes``, ``progress`` and
+    ``timed`` are written, and after the commit ``done`` installs the new tokens. On any
+    failure the caller forgets
     ``devices``: the tracks may be half advanced, and a recomputation is always right.
     """
 
@@ -178,7 +229,13 @@ class TimingPass:
     window: Window | None = None
     stage_id: int | None = None
     reasons: dict[str, str] = attrs.field(factory=dict)  # device -> why it was recomputed
+    fixes_read: int = 0  # stored fixes handed to ``recomputed``/``rebuilt`` (a cost gauge)
     _probes: dict[str, Probe] = attrs.field(factory=dict)
+    _marks: dict[str, Mark] = attrs.field(factory=dict)
+    _covers: dict[str, Probe] = attrs.field(factory=dict)
+    _counts: dict[str, int] = attrs.field(factory=dict)
+    _rebuilds: dict[str, Rebuild] = attrs.field(factory=dict)
+    _timed: dict[str, int | None] = attrs.field(factory=dict)
     _writes: list[Write] = attrs.field(factory=list)
 
     @property
@@ -194,9 +251,21 @@ class TimingPass:
     def window_of(self, device_id: str) -> Window:
         return self.window if self.window is not None else self.engine.window(device_id)
 
-    def probes(self, progress: Mapping[str, datetime]) -> list[Probe]:
-        """``progress``: the stored ``updated_at`` per device (absent: no row)."""
+    @property
+    def definition_mark(self) -> str | None:
+        """What ``timing_progress.definition`` records: the definition whose rows this
+        pass leaves complete, or None when it narrowed them (replay with a window)."""
+        if self.window is not None or self.stage_id is not None:
+            return None
+        return self.engine.definition.fingerprint or None
+
+    def probes(
+        self, progress: Mapping[str, datetime], marks: Mapping[str, Mark] | None = None
+    ) -> list[Probe]:
+        """``progress``: the stored ``updated_at`` per device (absent: no row); ``marks``:
+        the whole rows, for a store that can serve ``rebuilds`` (else none are asked)."""
         engine = self.engine
+        self._marks = dict(marks or {})
         for device_id in self.devices:
             track = engine.tracks.get(device_id)
             fixes = self.incoming.get(device_id, [])
@@ -218,23 +287,114 @@ class TimingPass:
                     until=window[1],
                     count=sum(1 for f in fixes if _admitted(f, window)),
                 )
-        return list(self._probes.values())
+        for device_id, reason in self.reasons.items():
+            cover = self._cover(device_id, reason)
+            if cover is not None:
+                self._covers[device_id] = cover
+        return [*self._probes.values(), *self._covers.values()]
+
+    def _cover(self, device_id: str, reason: str) -> Probe | None:
+        """For new fixes at or before the row's ``last_ts``: a count that tells whether the
+        rows already reflect every stored fix up to it (then those fixes were timed by
+        whoever read them, e.g. another instance's pass that fed its own and these)."""
+        mark = self._marks.get(device_id)
+        fixes = self.incoming.get(device_id, [])
+        if (
+            reason not in REBUILDABLE | {"late"}
+            or mark is None
+            or mark.timed is None
+            or not self._valid(mark)
+            or not fixes
+            or fixes[0].ts > mark.last_ts
+        ):
+            return None
+        since, until = self.window_of(device_id)
+        return Probe(device_id, None, mark.last_ts, since, until, mark.timed)
+
+    def _valid(self, mark: Mark) -> bool:
+        return mark.definition is not None and mark.definition == self.definition_mark
 
     def decide(self, counts: Mapping[str, int]) -> list[tuple[str, Window]]:
-        """Feed the probes whose count matched; the devices (and windows) to recompute."""
+        """Feed the probes whose count matched; the devices (and windows) to recompute
+        from every stored fix (the others, ``rebuilds``, are restored from their rows)."""
+        self._counts = dict(counts)
         for device_id, probe in self._probes.items():
             if counts.get(device_id, 0) != probe.count:
                 self.reasons[device_id] = "interleaved"
                 continue
+            mark = self._marks.get(device_id)
+            if mark is not None and mark.timed is not None:
+                self._timed[device_id] = mark.timed + probe.count
             track = self.engine.tracks[device_id]
             for fix in self.incoming[device_id]:
                 track.feed(fix)
             update = track.take_changes()
             if update:
                 self._writes.append(update)
-        return [(d, self.window_of(d)) for d in sorted(self.reasons)]
+        full: list[tuple[str, Window]] = []
+        for device_id in sorted(self.reasons):
+            rebuild = self._rebuild(device_id)
+            if rebuild is None:
+                full.append((device_id, self.window_of(device_id)))
+            else:
+                self._rebuilds[device_id] = rebuild
+        return full
+
+    def _rebuild(self, device_id: str) -> Rebuild | None:
+        mark = self._marks.get(device_id)
+        cover = self._covers.get(device_id)
+        fixes = self.incoming.get(device_id, [])
+        if mark is None or not self._valid(mark):
+            return None
+        if fixes and fixes[0].ts <= mark.last_ts:
+            # Late, unless the rows already reflect every stored fix up to last_ts.
+            if cover is None or self._counts.get(device_id) != cover.count:
+                return None
+        elif self.reasons[device_id] not in REBUILDABLE:
+            return None
+        since, until = self.window_of(device_id)
+        entry_ids = tuple(
+            e.id
+            for e in self.engine.definition.entries_of(device_id)
+            if e.event_id in self.engine.definition.events
+        )
+        upto = fixes[-1].ts if fixes else None
+        return Rebuild(device_id, entry_ids, mark.last_ts, upto, since, until)
+
+    def rebuilds(self) -> list[Rebuild]:
+        """After ``decide``: the devices to restore from stored rows (``rebuilt``)."""
+        return [self._rebuilds[d] for d in sorted(self._rebuilds)]
+
+    def rebuilt(
+        self, device_id: str, last: Fix | None, rows: StoredRows, fixes: Sequence[Fix]
+    ) -> bool:
+        """Restore ``device_id`` from ``rows`` and ``last`` (the stored fix at the mark's
+        ``last_ts``; None: not stored) and feed it ``fixes``; False if the rows do not
+        fit, and then the caller recomputes it (``recomputed``) from all stored fixes."""
+        self.fixes_read += len(fixes) + (last is not None)
+        if last is None:
+            return False
+        track = DeviceTrack.create(self.engine.definition, device_id)
+        if not track.restore(last, rows.records, rows.visits, rows.results):
+            return False
+        fed = 0
+        for fix in sorted(fixes, key=lambda f: f.t_us):
+            assert track.last is not None
+            if fix.t_us > track.last.t_us:
+                track.feed(fix)
+                fed += 1
+        mark = self._marks[device_id]
+        self._timed[device_id] = None if mark.timed is None else mark.timed + fed
+        self.engine.tracks[device_id] = track
+        self.reasons[device_id] = "rebuilt"
+        update = track.take_changes()
+        if update:
+            self._writes.append(update)
+        return True
 
     def recomputed(self, device_id: str, fixes: Sequence[Fix]) -> None:
+        self.fixes_read += len(fixes)
+        self._timed[device_id] = len({f.t_us for f in fixes})
         write = self.engine.recomputed(device_id, fixes)
         if self.stage_id is not None:
             write = _only_stage(write, self.stage_id)
@@ -251,6 +411,10 @@ class TimingPass:
             track = self.engine.tracks.get(device_id)
             out.append((device_id, None if track is None or track.last is None else track.last.ts))
         return out
+
+    def timed(self, device_id: str) -> int | None:
+        """What ``timing_progress.timed`` records (None: unknown, no late fix is skipped)."""
+        return self._timed.get(device_id)
 
     def done(self, tokens: Mapping[str, datetime]) -> None:
         """After the commit: ``tokens`` are the rows' new ``updated_at``."""

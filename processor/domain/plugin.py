@@ -84,7 +84,8 @@ class DomainMetrics:
             recomputes=Counter(
                 "processor_domain_recomputes_total",
                 "Device timing rebuilt from stored positions, by reason (cold, late,"
-                " shared, interleaved, catch-up, definition).",
+                " shared, interleaved, catch-up, definition; rebuilt: restored from the"
+                " stored timing rows instead of a cold, shared or interleaved replay).",
                 ["reason"],
                 registry=registry,
             ),

@@ -19,7 +19,9 @@ Timing passes (``time``): the live worker's and the replay tool's unit of work i
 transaction that first locks every device it times (``TIMING_LOCK``, in key order), then
 the events (as above: devices before events everywhere, so no lock cycles), reads
 ``timing_progress``, lets the pass decide (``live.TimingPass``), reads the stored fixes of
-the devices it recomputes, writes the results and the new progress. Under the device lock
+the devices it recomputes (or, for those it rebuilds, their stored rows, the fix at their
+progress and the stored fixes after it: five batched reads for all of them), writes the
+results and the new progress (with the definition's fingerprint). Under the device lock
 a pass sees every fix committed before it and every earlier pass's progress, so two
 instances timing one device take turns instead of interleaving; a pass that fails leaves
 the old progress behind, and the next one recomputes.
@@ -38,11 +40,19 @@ from psycopg.rows import dict_row
 
 from processor.core.pg_session import PgSession, RowsRejected, describe
 from processor.domain.definition import RawRows
-from processor.domain.results import Replace, Write, events_of
+from processor.domain.live import Mark, StoredRows
+from processor.domain.results import (
+    Replace,
+    StageResult,
+    TimingRecord,
+    Write,
+    ZoneVisit,
+    events_of,
+)
 from processor.domain.timing import EPOCH, Fix
 
 if TYPE_CHECKING:
-    from processor.domain.live import TimingPass, Window
+    from processor.domain.live import Rebuild, TimingPass, Window
 
 T = TypeVar("T")
 
@@ -132,7 +142,10 @@ LOCK_DEVICE = "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))"
 # devices whose ids hash alike (one lock) cannot make two passes take locks in a cycle.
 DEVICE_KEYS = "SELECT DISTINCT hashtext(d) FROM unnest(%s::text[]) AS d ORDER BY 1"
 LOCK_KEY = "SELECT pg_advisory_xact_lock(%s::int4, %s::int4)"
-PROGRESS = "SELECT device_id, updated_at FROM timing_progress WHERE device_id = ANY(%s)"
+PROGRESS = """
+SELECT device_id, updated_at, last_ts, definition, timed
+FROM timing_progress WHERE device_id = ANY(%s)
+"""
 # Per probe: the device's valid stored fixes in (after, upto] inside [since, until].
 COUNT_BETWEEN = """
 SELECT k.device_id, (
@@ -144,16 +157,45 @@ FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
             %s::timestamptz[]) AS k(device_id, after, upto, since, until)
 """
 SET_PROGRESS = """
-INSERT INTO timing_progress (device_id, last_ts, updated_at)
-SELECT k.device_id, k.last_ts, clock_timestamp()
-FROM unnest(%s::text[], %s::timestamptz[]) AS k(device_id, last_ts)
-ON CONFLICT (device_id) DO UPDATE SET last_ts = EXCLUDED.last_ts, updated_at = EXCLUDED.updated_at
+INSERT INTO timing_progress (device_id, last_ts, updated_at, definition, timed)
+SELECT k.device_id, k.last_ts, clock_timestamp(), %s::text, k.timed
+FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[]) AS k(device_id, last_ts, timed)
+ON CONFLICT (device_id) DO UPDATE SET last_ts = EXCLUDED.last_ts,
+    updated_at = EXCLUDED.updated_at, definition = EXCLUDED.definition, timed = EXCLUDED.timed
 RETURNING device_id, updated_at
 """
-# A recomputation that found no fix: the row (if any) keeps last_ts, its token changes.
+# A recomputation that found no fix: the row (if any) keeps last_ts, its token changes,
+# and its rows no longer follow from the fix at last_ts (no rebuild from them).
 TOUCH_PROGRESS = """
-UPDATE timing_progress SET updated_at = clock_timestamp() WHERE device_id = ANY(%s)
+UPDATE timing_progress SET updated_at = clock_timestamp(), definition = NULL, timed = NULL
+WHERE device_id = ANY(%s)
 RETURNING device_id, updated_at
+"""
+# A rebuild's reads (``live.Rebuild``): per device the fix at its progress, then the rows
+# of its entries, then the valid fixes after its progress up to the newest new one.
+MARKED_FIXES = """
+SELECT p.device_id, p.ts, p.longitude, p.latitude, p.speed
+FROM unnest(%s::text[], %s::timestamptz[]) AS k(device_id, ts)
+JOIN positions p ON p.device_id = k.device_id AND p.ts = k.ts AND p.fix_valid
+"""
+ENTRY_RECORDS = f"SELECT {_RECORD_COLUMNS} FROM timing_records WHERE entry_id = ANY(%s)"
+ENTRY_VISITS = """
+SELECT event_id, entry_id, geofence_id, entered_at, exited_at, max_speed_kmh
+FROM zone_events WHERE entry_id = ANY(%s)
+"""
+ENTRY_RESULTS = """
+SELECT event_id, stage_id, entry_id, started_at, finished_at, elapsed_ms, checkpoints_passed,
+    checkpoints_total, status
+FROM stage_results WHERE entry_id = ANY(%s)
+"""
+FIXES_AFTER = """
+SELECT p.device_id, p.ts, p.longitude, p.latitude, p.speed
+FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
+            %s::timestamptz[]) AS k(device_id, after, upto, since, until)
+JOIN positions p ON p.device_id = k.device_id AND p.fix_valid
+  AND p.ts > k.after AND p.ts <= coalesce(k.upto, 'infinity')
+  AND p.ts >= coalesce(k.since, '-infinity') AND p.ts <= coalesce(k.until, 'infinity')
+ORDER BY p.device_id, p.ts
 """
 # Devices with a valid stored fix in their window newer than their progress (or no row):
 # fixes nobody timed (a shutdown or crash dropped them, or the device had no entry yet).
@@ -319,8 +361,8 @@ async def _time(conn: psycopg.AsyncConnection[Any], work: TimingPass) -> None:
         for event_id in events:
             await cur.execute(LOCK_EVENT, (RESULTS_LOCK, event_id))
         await cur.execute(PROGRESS, [devices])
-        progress = {d: at for d, at in await cur.fetchall()}
-        probes = work.probes(progress)
+        rows = {d: Mark(at, last_ts, fp, n) for d, at, last_ts, fp, n in await cur.fetchall()}
+        probes = work.probes({d: m.token for d, m in rows.items()}, rows)
         counts: dict[str, int] = {}
         if probes:
             await cur.execute(
@@ -334,7 +376,12 @@ async def _time(conn: psycopg.AsyncConnection[Any], work: TimingPass) -> None:
                 ),
             )
             counts = {d: n for d, n in await cur.fetchall()}
-        for device_id, (since, until) in work.decide(counts):
+        full = work.decide(counts)
+        rebuilds = work.rebuilds()
+        if rebuilds:
+            failed = set(await _rebuild(cur, work, rebuilds))
+            full = sorted([*full, *((d, work.window_of(d)) for d in failed)])
+        for device_id, (since, until) in full:
             await cur.execute(FIXES, (device_id, since, until))
             work.recomputed(device_id, _fixes(await cur.fetchall()))
         writes = work.writes
@@ -345,13 +392,85 @@ async def _time(conn: psycopg.AsyncConnection[Any], work: TimingPass) -> None:
         tokens: dict[str, datetime] = {}
         done = [(d, ts) for d, ts in marks if ts is not None]
         if done:
-            await cur.execute(SET_PROGRESS, ([d for d, _ in done], [ts for _, ts in done]))
+            await cur.execute(
+                SET_PROGRESS,
+                (
+                    work.definition_mark,
+                    [d for d, _ in done],
+                    [ts for _, ts in done],
+                    [work.timed(d) for d, _ in done],
+                ),
+            )
             tokens.update({d: at for d, at in await cur.fetchall()})
         empty = [d for d, ts in marks if ts is None]
         if empty:
             await cur.execute(TOUCH_PROGRESS, [empty])
             tokens.update({d: at for d, at in await cur.fetchall()})
     work.done(tokens)  # committed
+
+
+async def _rebuild(
+    cur: psycopg.AsyncCursor[Any], work: TimingPass, rebuilds: list[Rebuild]
+) -> list[str]:
+    """Read what ``rebuilds`` need, in five batched reads; the devices that failed."""
+    devices = [r.device_id for r in rebuilds]
+    device_of = {e: r.device_id for r in rebuilds for e in r.entry_ids}
+    entries = sorted(device_of)
+    await cur.execute(MARKED_FIXES, (devices, [r.after for r in rebuilds]))
+    last = {row[0]: _fixes([row[1:]])[0] for row in await cur.fetchall()}
+    records: dict[str, list[TimingRecord]] = {}
+    visits: dict[str, list[ZoneVisit]] = {}
+    results: dict[str, list[StageResult]] = {}
+    if entries:
+        await cur.execute(ENTRY_RECORDS, [entries])
+        for e, st, en, dev, g, kind, crossed, source in await cur.fetchall():
+            records.setdefault(device_of[en], []).append(
+                TimingRecord(
+                    event_id=e, stage_id=st, entry_id=en, device_id=dev, geofence_id=g,
+                    kind=kind, crossed_at=crossed, source_ts=source,
+                )
+            )  # fmt: skip
+        await cur.execute(ENTRY_VISITS, [entries])
+        for e, en, g, entered, exited, speed in await cur.fetchall():
+            visits.setdefault(device_of[en], []).append(
+                ZoneVisit(
+                    event_id=e, entry_id=en, geofence_id=g, entered_at=entered,
+                    exited_at=exited, max_speed_kmh=speed,
+                )
+            )  # fmt: skip
+        await cur.execute(ENTRY_RESULTS, [entries])
+        for e, st, en, started, finished, elapsed, passed, total, status in await cur.fetchall():
+            results.setdefault(device_of[en], []).append(
+                StageResult(
+                    event_id=e, stage_id=st, entry_id=en, started_at=started,
+                    finished_at=finished, elapsed_ms=elapsed, checkpoints_passed=passed,
+                    checkpoints_total=total, status=status,
+                )
+            )  # fmt: skip
+    await cur.execute(
+        FIXES_AFTER,
+        (
+            devices,
+            [r.after for r in rebuilds],
+            [r.upto for r in rebuilds],
+            [r.since for r in rebuilds],
+            [r.until for r in rebuilds],
+        ),
+    )
+    after: dict[str, list[tuple[Any, ...]]] = {}
+    for row in await cur.fetchall():
+        after.setdefault(row[0], []).append(row[1:])
+    failed: list[str] = []
+    for device_id in devices:
+        rows = StoredRows(
+            records=records.get(device_id, ()),
+            visits=visits.get(device_id, ()),
+            results=results.get(device_id, ()),
+        )
+        fixes = _fixes(after.get(device_id, []))
+        if not work.rebuilt(device_id, last.get(device_id), rows, fixes):
+            failed.append(device_id)
+    return failed
 
 
 async def _apply(conn: psycopg.AsyncConnection[Any], writes: list[Write]) -> None:

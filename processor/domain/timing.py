@@ -13,10 +13,17 @@ Only fixes inside an event's span (``starts_at``..``ends_at``) take part in its 
 so a segment from a fix before the span to one inside it crosses nothing.
 Zone visits start at the first fix inside and end at the first fix outside, keeping the
 highest speed seen inside.
+
+Everything a track remembers is in the rows it writes, plus its last fix: clocks are the
+start/finish records and the count of checkpoint records of a stage (``checkpoints``
+only counts those), an open visit is the zone_events row without ``exited_at``, and
+whether a fix sits on a line is decided from the previous fix alone. So ``restore`` can
+rebuild a track from stored rows exactly, instead of feeding every stored fix again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -216,6 +223,55 @@ class DeviceTrack:
                 del self._open[key]
             self.visits[visit.key] = visit
             self._dirty_visits.add(visit.key)
+
+    def restore(
+        self,
+        last: Fix,
+        records: Iterable[TimingRecord],
+        visits: Iterable[ZoneVisit],
+        results: Iterable[StageResult],
+    ) -> bool:
+        """Take the state that wrote these rows (this device's entries) and ``last``.
+
+        False if the rows are not what this track, under its definition, could have
+        written (then the track is unusable and the caller replays the stored fixes).
+        """
+        courses = {e.id: (e, c) for e, c in self.courses}
+        self.last = last
+        for r in sorted(records, key=lambda r: _KIND_ORDER.get(r.kind, 3)):  # starts first
+            ec = courses.get(r.entry_id)
+            if ec is None or r.device_id != self.device_id or r.event_id != ec[0].event_id:
+                return False
+            g = ec[1].index.get(r.geofence_id)
+            stage = ec[1].stages.get(r.stage_id)
+            if g is None or stage is None or g.kind != r.kind or g.stage_id != r.stage_id:
+                return False
+            key = (r.entry_id, r.stage_id)
+            clock = self._clocks.get(key)
+            if r.kind == "start":
+                clock = self._clocks[key] = _Clock(ec[0], stage, started=r)
+            elif clock is None:
+                return False  # a checkpoint or finish is only ever taken while a clock runs
+            elif r.kind == "checkpoint":
+                clock.checkpoints += 1
+            else:
+                clock.finished = r
+            self.records[r.key] = r
+        if sorted(self.results(), key=lambda s: s.key) != sorted(results, key=lambda s: s.key):
+            return False
+        for v in visits:
+            ec = courses.get(v.entry_id)
+            if ec is None or v.event_id != ec[0].event_id or v.key in self.visits:
+                return False
+            zone = ec[1].index.get(v.geofence_id)
+            if zone is None or zone.is_line or v.max_speed_kmh is None:
+                return False
+            if v.exited_at is None:
+                if (v.entry_id, v.geofence_id) in self._open:
+                    return False  # one visit per zone is open at a time
+                self._open[(v.entry_id, v.geofence_id)] = v
+            self.visits[v.key] = v
+        return True
 
     def results(self) -> list[StageResult]:
         return [c.result() for c in self._clocks.values() if c.started is not None]

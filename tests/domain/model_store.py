@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from processor.core.model import Position
-from processor.domain.live import Probe, TimingPass
+from processor.domain.live import Mark, Probe, Rebuild, StoredRows, TimingPass
 from processor.domain.results import Replace, StageResult, TimingRecord, Write, ZoneVisit
 from processor.domain.timing import EPOCH, Fix
 from tests.helpers import make_position
@@ -66,12 +66,26 @@ class ModelProgress:
     store: ModelStore
     stored: dict[str, list[Fix]]  # the positions table: every committed valid fix
     rows: dict[str, tuple[datetime, datetime]] = attrs.field(factory=dict)  # last_ts, token
+    # The timing_progress columns ``definition`` and ``timed``.
+    marks: dict[str, tuple[str | None, int | None]] = attrs.field(factory=dict)
     clock: int = 0
+    rebuilds: int = 0  # devices a pass restored from the rows (``TimingPass.rebuilt``)
 
     def run(self, work: TimingPass) -> None:
-        probes = work.probes({d: self.rows[d][1] for d in work.devices if d in self.rows})
+        marks = {
+            d: Mark(self.rows[d][1], self.rows[d][0], *self.marks.get(d, (None, None)))
+            for d in work.devices
+            if d in self.rows
+        }
+        probes = work.probes({d: m.token for d, m in marks.items()}, marks)
         counts = {p.device_id: len(self._between(p)) for p in probes}
-        for device_id, (since, until) in work.decide(counts):
+        full = work.decide(counts)
+        for r in work.rebuilds():
+            if work.rebuilt(r.device_id, *self._rebuild_reads(r)):
+                self.rebuilds += 1
+            else:
+                full.append((r.device_id, work.window_of(r.device_id)))
+        for device_id, (since, until) in full:
             work.recomputed(device_id, stored_in(self.stored.get(device_id, []), since, until))
         for write in work.writes:
             self.store.apply(write)
@@ -82,6 +96,9 @@ class ModelProgress:
             self.clock += 1
             token = EPOCH + timedelta(microseconds=self.clock)
             self.rows[device_id] = (last or self.rows[device_id][0], token)
+            self.marks[device_id] = (
+                (work.definition_mark, work.timed(device_id)) if last is not None else (None, None)
+            )
             tokens[device_id] = token
         work.done(tokens)
 
@@ -94,6 +111,23 @@ class ModelProgress:
             if fixes and (last is None or fixes[-1].ts > last):
                 out.append(device_id)
         return out
+
+    def _rebuild_reads(self, r: Rebuild) -> tuple[Fix | None, StoredRows, list[Fix]]:
+        """``store._rebuild``: the fix at the mark, the entries' rows, the fixes after."""
+        fixes = self.stored.get(r.device_id, [])
+        last = next((f for f in fixes if f.ts == r.after), None)
+        entries = set(r.entry_ids)
+        rows = StoredRows(
+            records=[v for k, v in self.store.records.items() if k[0] in entries],
+            visits=[v for k, v in self.store.visits.items() if k[0] in entries],
+            results=[v for k, v in self.store.results.items() if k[1] in entries],
+        )
+        after = [
+            f
+            for f in stored_in(fixes, r.since, r.until)
+            if f.ts > r.after and (r.upto is None or f.ts <= r.upto)
+        ]
+        return last, rows, after
 
     def _between(self, p: Probe) -> list[Fix]:
         return [

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from processor.domain.live import LiveEngine
+from processor.domain.definition import RaceDefinition
+from processor.domain.live import LiveEngine, TimingPass
 from processor.domain.timing import Fix, replay
-from tests.domain.course import EVENT, LAT, at, definition, fix
+from tests.domain.course import ENTRY, EVENT, LAT, at, definition, fix
 from tests.domain.model_store import ModelProgress, ModelStore, position_of
 
 DEVICES = ("dev-a", "dev-b")
@@ -214,4 +216,122 @@ def test_two_instances_sharing_devices_equal_replay(
     expected = ModelStore()
     for dev, fixes in by_device.items():
         expected.apply(replay(d, dev, fixes).snapshot())
+    note(f"rebuilt from rows: {db.rebuilds}")
     assert live.rows() == expected.rows()
+
+
+# Through the stage slowly: start 14.0, checkpoints 14.03/14.06, zone 14.07-14.08, finish
+# 14.1; every 7th fix off the road's centre line, speeds varying inside the zone.
+SLOW = [
+    fix(i * 2.0, 13.99 + i * 0.0015, LAT + (0.002 if i % 7 else 0.0), speed=30.0 + (i * 37) % 90)
+    for i in range(90)
+]
+
+
+def take_turns(
+    fixes: list[Fix], chunk: int, d: RaceDefinition, db: ModelProgress | None = None
+) -> tuple[ModelProgress, list[TimingPass]]:
+    """Two engines, one device: each times every other chunk of committed fixes."""
+    db = db or ModelProgress(ModelStore(), {dev: [] for dev in DEVICES})
+    engines = [LiveEngine(d), LiveEngine(d)]
+    passes = []
+    for n, i in enumerate(range(0, len(fixes), chunk)):
+        db.stored["dev-a"] += fixes[i : i + chunk]
+        work = engines[n % 2].plan([position_of("dev-a", f) for f in fixes[i : i + chunk]])
+        db.run(work)
+        passes.append(work)
+    return db, passes
+
+
+def test_engines_taking_turns_rebuild_from_the_rows_and_equal_replay() -> None:
+    """Every pass but the first (no progress row yet: a full replay) finds the other
+    engine's write and restores the track from the rows and the fix at ``last_ts``,
+    reading only the chunk; the rows are a replay's."""
+    d = definition(DEVICES)
+    db, passes = take_turns(SLOW, 3, d)
+    assert passes[0].reasons == {"dev-a": "cold"}
+    assert all(w.reasons == {"dev-a": "rebuilt"} for w in passes[1:])
+    assert db.rebuilds == len(passes) - 1
+    assert max(w.fixes_read for w in passes[1:]) == 3 + 1  # the chunk and the fix at last_ts
+    expected = ModelStore()
+    expected.apply(replay(d, "dev-a", SLOW).snapshot())
+    assert db.store.rows() == expected.rows()
+    assert {r.kind for r in expected.records.values()} == {"start", "checkpoint", "finish"}
+    assert len(expected.visits) == 1
+
+
+@pytest.mark.parametrize("split", range(1, 89, 4))
+def test_a_rebuild_at_any_point_of_the_stage_equals_replay(split: int) -> None:
+    """Mid-stage, in the zone, right after a line: the split falls everywhere."""
+    d = definition(DEVICES)
+    db, _ = take_turns(SLOW[:split], split, d)
+    db, rest = take_turns(SLOW[split:], 1, d, db)
+    assert [w.reasons for w in rest] == [{"dev-a": "rebuilt"}] * len(rest)
+    expected = ModelStore()
+    expected.apply(replay(d, "dev-a", SLOW).snapshot())
+    assert db.store.rows() == expected.rows()
+
+
+def test_rows_that_do_not_fit_a_late_fix_or_a_new_definition_replay_everything() -> None:
+    d = definition(DEVICES)
+    db, _ = take_turns(SLOW[:40], 40, d)  # mid-stage: started, one checkpoint
+    [result] = db.store.results.values()
+    assert (result.status, result.checkpoints_passed) == ("running", 1)
+
+    def one(f: Fix, d: RaceDefinition = d) -> TimingPass:
+        db.stored["dev-a"].append(f)
+        work = LiveEngine(d).plan([position_of("dev-a", f)])
+        db.run(work)
+        return work
+
+    # A checkpoint record lost (an operator's DELETE): the result's count no longer fits.
+    del db.store.records[(ENTRY, 2)]
+    assert one(SLOW[40]).reasons == {"dev-a": "cold"}
+    assert one(SLOW[41]).reasons == {"dev-a": "rebuilt"}  # the replay wrote them whole again
+    late = fix(81.0, SLOW[40].x)  # between SLOW[40] (80 s) and SLOW[41] (82 s)
+    assert one(late).reasons == {"dev-a": "cold"}
+    other = definition(
+        DEVICES,
+        io_mappings=[
+            {
+                "id": 1,
+                "model": "FMB920",
+                "io_id": 239,
+                "name": "ignition",
+                "scale": 1,
+                "kind": "bool",
+            }
+        ],
+    )
+    assert other.fingerprint != d.fingerprint
+    assert one(SLOW[42], other).reasons == {"dev-a": "cold"}
+    assert one(SLOW[43], other).reasons == {"dev-a": "rebuilt"}
+    expected = ModelStore()
+    expected.apply(replay(d, "dev-a", [*SLOW[:44], late]).snapshot())
+    assert db.store.rows() == expected.rows()
+
+
+def test_fixes_another_pass_already_read_are_not_late() -> None:
+    """b's chunk is committed before a's, but a times first and feeds both: b's fixes are
+    then at or before the progress, yet the row's ``timed`` count shows they are in the
+    rows, so b restores the track instead of replaying; a fix stored after a's read is
+    late and replays everything."""
+    d = definition(DEVICES)
+    db, _ = take_turns(SLOW[:40], 40, d)
+    a, b = LiveEngine(d), LiveEngine(d)
+    db.stored["dev-a"] += SLOW[40:46]  # b's 40-42, a's 43-45
+    first = a.plan([position_of("dev-a", f) for f in SLOW[43:46]])
+    db.run(first)
+    second = b.plan([position_of("dev-a", f) for f in SLOW[40:43]])
+    db.run(second)
+    assert (first.reasons, first.fixes_read) == ({"dev-a": "rebuilt"}, 7)
+    assert (second.reasons, second.fixes_read) == ({"dev-a": "rebuilt"}, 1)
+    late = fix(81.0, SLOW[40].x)  # between SLOW[40] (80 s) and SLOW[41] (82 s)
+    db.stored["dev-a"].append(late)
+    third = b.plan([position_of("dev-a", late)])
+    db.run(third)
+    assert third.reasons == {"dev-a": "late"}
+    assert third.fixes_read == 47
+    expected = ModelStore()
+    expected.apply(replay(d, "dev-a", [*SLOW[:46], late]).snapshot())
+    assert db.store.rows() == expected.rows()

@@ -10,6 +10,7 @@ only then handed to a worker, or never.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from processor.core.migrate import apply_migrations
 from processor.core.pg_io import position_row
-from processor.domain import commands
+from processor.domain import commands, live
 from processor.domain.live import LiveEngine
 from processor.domain.plugin import DomainMetrics, DomainPlugin
 from processor.domain.store import LOCK_DEVICE, TIMING_LOCK, DomainStore
@@ -160,9 +161,11 @@ async def test_two_instances_taking_turns_on_one_device_equal_replay(
     assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
     assert live["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
     assert progress(url, race["imei"]) == [(FIXES[-1].ts,)]
-    # Every chunk found the other instance's writes since its own: none went on blindly.
-    assert recomputes(a, "shared") == 2
-    assert recomputes(b, "shared") == 2
+    # Every chunk found the other instance's writes since its own: none went on blindly,
+    # and all but the very first (no progress row yet) restored the track from the rows.
+    reasons = ("cold", "shared", "rebuilt")
+    assert [recomputes(a, r) for r in reasons] == [1, 0, 2]
+    assert [recomputes(b, r) for r in reasons] == [0, 0, 3]
 
 
 async def test_an_interleaving_fix_of_another_instance_forces_a_recompute(
@@ -195,9 +198,13 @@ async def test_an_interleaving_fix_of_another_instance_forces_a_recompute(
             await p.writer.aclose()
     assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
     assert live["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
-    reasons = ("cold", "late", "interleaved", "shared")
-    assert [recomputes(a, r) for r in reasons] == [1, 0, 1, 1]  # 3 of 4 chunks
-    assert [recomputes(b, r) for r in reasons] == [1, 0, 0, 0]
+    # 3 of a's 4 chunks: cold (no row yet); interleaved and shared, both rebuilt from the
+    # rows (the first fed the stored fixes 40-70 s). b's fixes at 40 and 50 s are not
+    # after the progress a wrote (70 s), but no late fix either: the row's ``timed`` count
+    # says a read every stored fix up to 70 s, so b's rebuild only feeds 80-90 s.
+    reasons = ("cold", "late", "interleaved", "shared", "rebuilt")
+    assert [recomputes(a, r) for r in reasons] == [1, 0, 0, 0, 2]
+    assert [recomputes(b, r) for r in reasons] == [0, 0, 0, 0, 1]
 
 
 async def test_a_late_fix_timed_elsewhere_is_not_overwritten_by_a_stale_track(
@@ -225,7 +232,11 @@ async def test_a_late_fix_timed_elsewhere_is_not_overwritten_by_a_stale_track(
             await p.writer.aclose()
     assert crossings(url, race)[("start", 0)] == at(7.5)
     assert live["results"] == [(at(7.5), at(95), 87_500, 2, 2, "finished", 1)]
-    assert recomputes(a, "shared") == 1
+    # b's late fix (7 s, before a's progress at 10 s, stored after a's pass read the
+    # fixes up to 10 s) needed the full replay; a then
+    # restored its track from the rows b wrote, not from its own stale clock.
+    assert [recomputes(b, r) for r in ("cold", "rebuilt")] == [1, 0]
+    assert [recomputes(a, r) for r in ("shared", "rebuilt")] == [0, 1]
 
 
 async def test_fixes_no_worker_timed_are_caught_up_without_a_new_fix(
@@ -369,3 +380,101 @@ async def test_two_instances_timing_two_devices_at_once_equal_replay(
             await p.loader.aclose()
             await p.writer.aclose()
     assert a.metrics.write_failures._value.get() == 0
+    # Most passes find the other's write: they restore the tracks from the rows (how many
+    # depends on how the two interleave; a fix committed after the other read the stored
+    # ones is late and replays everything).
+    assert recomputes(a, "rebuilt") + recomputes(b, "rebuilt") >= 1
+
+
+# A long race so far: 5,000 fixes at 1 s, through the start (14.0) and both checkpoints
+# (14.03, 14.06), into the zone (14.07-14.08) and still in it at 14.075; then 200 more in
+# chunks of 5, out of the zone and over the finish (14.1).
+HISTORY = [fix(i, 13.99 + i * 0.000017, speed=40.0 + (i * 13) % 50) for i in range(5000)]
+TAIL = [fix(5000 + i, 14.075 + (i + 1) * 0.00015, speed=30.0 + i % 40) for i in range(200)]
+CHUNK = 5
+
+
+@pytest.mark.parametrize("path", ["rebuilt", "replay"])
+async def test_a_long_history_taken_in_turns_reads_the_chunk_not_the_history(
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Two instances alternate on a device mid-stage and inside the zone: each pass
+    restores the track from the rows and reads the stored fixes of its chunk (plus the
+    one at the progress), not the 5,000 before; ``replay``, the old path for comparison,
+    reads them all every time. Both end exactly as ``processor replay`` does."""
+    if path == "replay":
+        monkeypatch.setattr(live, "REBUILDABLE", frozenset())
+    race = insert_race(url)
+    imei = race["imei"]
+    a, b = plugin(url, "a"), plugin(url, "b")
+    reads: list[int] = []
+    seconds: list[float] = []
+    try:
+        for p in (a, b):
+            assert await p.reload()
+        engines = [LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)]
+        await a.writer.time(engines[0].plan(commit(url, imei, HISTORY)))
+        split = timing_rows(url, race)
+        assert set(split["records"]) == {("start", 0), ("checkpoint", 1), ("checkpoint", 2)}
+        [(_, _, exited, _)] = split["visits"]
+        assert exited is None  # inside the zone at the split
+        for n, i in enumerate(range(0, len(TAIL), CHUNK)):
+            p, engine = (b, engines[1]) if n % 2 == 0 else (a, engines[0])
+            work = engine.plan(commit(url, imei, TAIL[i : i + CHUNK]))
+            started = time.perf_counter()
+            await p.writer.time(work)
+            seconds.append(time.perf_counter() - started)
+            reads.append(work.fixes_read)
+            expected = {"rebuilt"} if path == "rebuilt" else {"cold", "shared"}
+            assert set(work.reasons.values()) <= expected, work.reasons
+        live_rows = await assert_equals_replay(url, race, capsys)
+    finally:
+        for p in (a, b):
+            await p.loader.aclose()
+            await p.writer.aclose()
+    print(
+        f"\n{path}: {len(reads)} passes, stored fixes read per pass {min(reads)}..{max(reads)},"
+        f" {sum(seconds) / len(seconds) * 1000:.1f} ms per pass (max {max(seconds) * 1000:.1f})"
+    )
+    if path == "rebuilt":
+        assert max(reads) == CHUNK + 1
+    else:
+        assert min(reads) >= len(HISTORY)
+    assert set(live_rows["records"]) == {*split["records"], ("finish", 9)}
+    [(_, _, exited, top)] = live_rows["visits"]
+    assert exited is not None
+    assert top == max(f.speed for f in HISTORY + TAIL if 14.07 < f.x < 14.08)
+
+
+async def test_stored_rows_that_do_not_fit_fall_back_to_the_full_replay(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a rebuild starts from is gone or inconsistent: the stage result of a running
+    clock (an operator's DELETE), then the stored fix at the progress. Each time the
+    other instance replays every stored fix instead, and ends as ``processor replay``."""
+    race = insert_race(url)
+    imei = race["imei"]
+    a, b = plugin(url, "a"), plugin(url, "b")
+    try:
+        for p in (a, b):
+            assert await p.reload()
+        engine_a, engine_b = LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)
+        await a.process(engine_a, commit(url, imei, FIXES[0:3]))  # started: a running clock
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM stage_results WHERE entry_id = %s", (race["entry"],))
+        await b.process(engine_b, commit(url, imei, FIXES[3:5]))
+        assert [recomputes(b, r) for r in ("cold", "rebuilt")] == [1, 0]
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "DELETE FROM positions WHERE device_id = %s AND ts = %s", (imei, FIXES[4].ts)
+            )
+        await a.process(engine_a, commit(url, imei, FIXES[5:7]))
+        assert [recomputes(a, r) for r in ("cold", "shared", "rebuilt")] == [1, 1, 0]
+        await b.process(engine_b, commit(url, imei, FIXES[7:]))  # and now the rows fit
+        assert [recomputes(b, r) for r in ("cold", "shared", "rebuilt")] == [1, 0, 1]
+        live_rows = await assert_equals_replay(url, race, capsys)
+    finally:
+        for p in (a, b):
+            await p.loader.aclose()
+            await p.writer.aclose()
+    assert live_rows["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
