@@ -112,6 +112,11 @@ class LiveEngine:
     tracks: dict[str, DeviceTrack] = attrs.field(factory=dict)
     # Per track: the timing_progress.updated_at this engine wrote last (None: no row).
     tokens: dict[str, datetime | None] = attrs.field(factory=dict)
+    # Per track: the commit sequence number (``plugin.Fixes.seq``) up to which every
+    # committed fix was read by a full replay of the device, so queued chunks numbered up
+    # to it carry nothing new for it. Without this a replay that read ahead of the queue
+    # made every queued chunk look late, and each one cost a rebuild or another replay.
+    covered: dict[str, int] = attrs.field(factory=dict)
 
     def relevant(self, p: Position) -> bool:
         """Only valid fixes of devices with entries in loaded events matter to timing."""
@@ -122,10 +127,17 @@ class LiveEngine:
         self.definition = definition
         self.tracks.clear()
         self.tokens.clear()
+        self.covered.clear()
 
     def forget(self, device_id: str) -> None:
         self.tracks.pop(device_id, None)
         self.tokens.pop(device_id, None)
+        self.covered.pop(device_id, None)
+
+    def uncovered(self, seq: int, positions: Iterable[Position]) -> list[Position]:
+        """The positions of a chunk numbered ``seq`` not already read by a full replay."""
+        covered = self.covered
+        return [p for p in positions if seq > covered.get(p.device_id, 0)]
 
     def plan(
         self,
@@ -230,6 +242,9 @@ class TimingPass:
     stage_id: int | None = None
     reasons: dict[str, str] = attrs.field(factory=dict)  # device -> why it was recomputed
     fixes_read: int = 0  # stored fixes handed to ``recomputed``/``rebuilt`` (a cost gauge)
+    # Devices rebuilt from every stored fix of their window: what they read covers every
+    # fix committed before the pass began (``LiveEngine.covered``).
+    replayed: set[str] = attrs.field(factory=set)
     _probes: dict[str, Probe] = attrs.field(factory=dict)
     _marks: dict[str, Mark] = attrs.field(factory=dict)
     _covers: dict[str, Probe] = attrs.field(factory=dict)
@@ -394,6 +409,8 @@ class TimingPass:
 
     def recomputed(self, device_id: str, fixes: Sequence[Fix]) -> None:
         self.fixes_read += len(fixes)
+        if self.window is None and self.stage_id is None:
+            self.replayed.add(device_id)
         self._timed[device_id] = len({f.t_us for f in fixes})
         write = self.engine.recomputed(device_id, fixes)
         if self.stage_id is not None:

@@ -62,7 +62,25 @@ class CatchUp:
     """A definition load happened: the worker looks for stored fixes nobody timed."""
 
 
-Work = list[Position] | CatchUp
+@attrs.frozen
+class Fixes:
+    """Committed fixes for the worker, numbered in commit order (``Commits``)."""
+
+    seq: int
+    positions: list[Position]
+
+
+@attrs.define
+class Commits:
+    """How many chunks of fixes were committed. The observer counts a chunk right after
+    its rows are committed (no await in between), so when the worker reads the count
+    before a pass, every chunk numbered up to it is in the database for that pass to read.
+    """
+
+    count: int = 0
+
+
+Work = Fixes | CatchUp
 
 
 @attrs.frozen
@@ -132,6 +150,7 @@ class TimingObserver:
 
     definitions: Definitions
     send: trio.MemorySendChannel[Work]
+    commits: Commits
 
     async def committed(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
         entries_by_device = self.definitions.current.entries_by_device
@@ -143,7 +162,8 @@ class TimingObserver:
             and e.position.device_id in entries_by_device
         ]
         if fresh:
-            await self.send.send(fresh)
+            self.commits.count += 1
+            await self.send.send(Fixes(self.commits.count, fresh))
 
 
 @attrs.define(kw_only=True)
@@ -156,6 +176,7 @@ class DomainPlugin:
     writer: DomainStore
     definitions: Definitions = attrs.field(factory=Definitions)
     _send: trio.MemorySendChannel[Work] = attrs.field(init=False)
+    _commits: Commits = attrs.field(factory=Commits, init=False)
     _receive: trio.MemoryReceiveChannel[Work] = attrs.field(init=False)
     _wake: trio.Event = attrs.field(factory=trio.Event)
     # Who hears of new crossings (the live broadcast), and the crossing time last told per
@@ -172,7 +193,7 @@ class DomainPlugin:
 
     @property
     def observers(self) -> Sequence[TimingObserver]:
-        return [TimingObserver(self.definitions, self._send)]
+        return [TimingObserver(self.definitions, self._send, self._commits)]
 
     def add_timing_sink(self, sink: Callable[[TimingRecord], None]) -> None:
         self._timing_sinks.append(sink)
@@ -272,7 +293,12 @@ class DomainPlugin:
                     engine.reset(self.definitions.current)
                     await self._recompute(engine, sorted(engine.definition.entries_by_device),
                                           "definition")  # fmt: skip
-                positions = [p for item in items if isinstance(item, list) for p in item]
+                positions = [
+                    p
+                    for item in items
+                    if isinstance(item, Fixes)
+                    for p in engine.uncovered(item.seq, item.positions)
+                ]
                 if positions:
                     await self.process(engine, positions)
                 if any(isinstance(item, CatchUp) for item in items):
@@ -300,6 +326,7 @@ class DomainPlugin:
         """
         backoff = Backoff(cap_s=5.0)
         while True:
+            committed = self._commits.count  # every chunk up to it is in the database
             work: TimingPass = engine.plan(positions, force)
             try:
                 await self.writer.time(work)
@@ -313,6 +340,8 @@ class DomainPlugin:
                 self.metrics.write_failures.inc()
                 self.log.error("timing write rejected", error=str(exc), devices=len(work.devices))
                 return
+        for device_id in work.replayed:
+            engine.covered[device_id] = committed
         for reason in work.reasons.values():
             self.metrics.recomputes.labels(reason).inc()
         self._announce(work.writes)

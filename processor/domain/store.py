@@ -140,8 +140,18 @@ TIMING_LOCK = 0x54494D45  # "TIME"
 LOCK_DEVICE = "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))"
 # The keys of several devices, in the order they are locked: by key, not by id, so two
 # devices whose ids hash alike (one lock) cannot make two passes take locks in a cycle.
-DEVICE_KEYS = "SELECT DISTINCT hashtext(d) FROM unnest(%s::text[]) AS d ORDER BY 1"
-LOCK_KEY = "SELECT pg_advisory_xact_lock(%s::int4, %s::int4)"
+# All of a pass's locks in one statement each (a statement per device cost a round trip
+# per device per pass). ``OFFSET 0`` keeps the sorted subquery from being flattened, so
+# the locks are taken in its order; were they not, PostgreSQL would detect the cycle and
+# the pass would be retried like any deadlock.
+LOCK_DEVICES = """
+SELECT pg_advisory_xact_lock(%s::int4, k) FROM (
+    SELECT DISTINCT hashtext(d) AS k FROM unnest(%s::text[]) AS d ORDER BY 1 OFFSET 0) AS s
+"""
+LOCK_EVENTS = """
+SELECT pg_advisory_xact_lock(%s::int4, e) FROM (
+    SELECT DISTINCT e FROM unnest(%s::int4[]) AS e ORDER BY 1 OFFSET 0) AS s
+"""
 PROGRESS = """
 SELECT device_id, updated_at, last_ts, definition, timed
 FROM timing_progress WHERE device_id = ANY(%s)
@@ -355,11 +365,10 @@ async def _time(conn: psycopg.AsyncConnection[Any], work: TimingPass) -> None:
     devices = work.devices
     events = work.events
     async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute(DEVICE_KEYS, [devices])
-        for (key,) in await cur.fetchall():  # devices first, then events: one order everywhere
-            await cur.execute(LOCK_KEY, (TIMING_LOCK, key))
-        for event_id in events:
-            await cur.execute(LOCK_EVENT, (RESULTS_LOCK, event_id))
+        # Devices first, then events: one order everywhere, so no lock cycles.
+        await cur.execute(LOCK_DEVICES, (TIMING_LOCK, devices))
+        if events:
+            await cur.execute(LOCK_EVENTS, (RESULTS_LOCK, list(events)))
         await cur.execute(PROGRESS, [devices])
         rows = {d: Mark(at, last_ts, fp, n) for d, at, last_ts, fp, n in await cur.fetchall()}
         probes = work.probes({d: m.token for d, m in rows.items()}, rows)
@@ -476,49 +485,78 @@ async def _rebuild(
 async def _apply(conn: psycopg.AsyncConnection[Any], writes: list[Write]) -> None:
     events = sorted({e for write in writes for e in events_of(write)})
     async with conn.transaction(), conn.cursor() as cur:
-        for event_id in events:  # in one order everywhere: no lock cycles between writers
-            await cur.execute(LOCK_EVENT, (RESULTS_LOCK, event_id))
+        if events:  # in one order everywhere: no lock cycles between writers
+            await cur.execute(LOCK_EVENTS, (RESULTS_LOCK, events))
         await _write(cur, writes)
 
 
 async def _write(cur: psycopg.AsyncCursor[Any], writes: Sequence[Write]) -> None:
-    """The rows of ``writes`` and the re-ranking of the stages they touch (in a transaction)."""
+    """The rows of ``writes`` and the re-ranking of the stages they touch (in a transaction).
+
+    One statement per kind of row for the whole pass, not per write: a pass writes for
+    up to hundreds of devices. Each device's write covers its own entries, so the
+    ``Replace`` writes merge into one set of deletes per stage scope.
+    """
+    replaces = _merged([w for w in writes if isinstance(w, Replace)])
+    updates = [w for w in writes if not isinstance(w, Replace)]
+    every: list[Write] = [*replaces, *updates]
     stages: set[int] = set()
-    for write in writes:
-        exact = isinstance(write, Replace)
-        if exact:
-            assert isinstance(write, Replace)
-            stages |= await _delete_stale(cur, write)
-        if write.records:
+    for replace in replaces:
+        stages |= await _delete_stale(cur, replace)
+    for statement, records in (
+        (UPSERT_RECORD_EXACT, [r for w in replaces for r in w.records]),
+        (UPSERT_RECORD_EARLIER, [r for w in updates for r in w.records]),
+    ):
+        if records:
             await cur.executemany(
-                UPSERT_RECORD_EXACT if exact else UPSERT_RECORD_EARLIER,
+                statement,
                 [
                     (r.event_id, r.stage_id, r.entry_id, r.device_id, r.geofence_id,
                      r.kind, r.crossed_at, r.source_ts)
-                    for r in write.records
+                    for r in records
                 ],
             )  # fmt: skip
-        if write.visits:
-            await cur.executemany(
-                UPSERT_VISIT,
-                [
-                    (v.event_id, v.entry_id, v.geofence_id, v.entered_at, v.exited_at,
-                     v.max_speed_kmh)
-                    for v in write.visits
-                ],
-            )  # fmt: skip
-        if write.results:
-            await cur.executemany(
-                UPSERT_RESULT,
-                [
-                    (r.event_id, r.stage_id, r.entry_id, r.started_at, r.finished_at,
-                     r.elapsed_ms, r.checkpoints_passed, r.checkpoints_total, r.status)
-                    for r in write.results
-                ],
-            )  # fmt: skip
-        stages |= {r.stage_id for r in write.results}
+    visits = [v for w in every for v in w.visits]
+    if visits:
+        await cur.executemany(
+            UPSERT_VISIT,
+            [
+                (v.event_id, v.entry_id, v.geofence_id, v.entered_at, v.exited_at,
+                 v.max_speed_kmh)
+                for v in visits
+            ],
+        )  # fmt: skip
+    results = [r for w in every for r in w.results]
+    if results:
+        await cur.executemany(
+            UPSERT_RESULT,
+            [
+                (r.event_id, r.stage_id, r.entry_id, r.started_at, r.finished_at,
+                 r.elapsed_ms, r.checkpoints_passed, r.checkpoints_total, r.status)
+                for r in results
+            ],
+        )  # fmt: skip
+    stages |= {r.stage_id for r in results}
     if stages:
         await cur.execute(RERANK, [sorted(stages)])
+
+
+def _merged(replaces: Sequence[Replace]) -> list[Replace]:
+    """One ``Replace`` per stage scope with every entry and row of those given."""
+    by_scope: dict[tuple[int, ...] | None, list[Replace]] = {}
+    for write in replaces:
+        by_scope.setdefault(write.stage_ids, []).append(write)
+    return [
+        Replace(
+            entry_ids=tuple(e for w in group for e in w.entry_ids),
+            event_ids=tuple(sorted({e for w in group for e in w.event_ids})),
+            stage_ids=scope,
+            records=tuple(r for w in group for r in w.records),
+            visits=tuple(v for w in group for v in w.visits),
+            results=tuple(r for w in group for r in w.results),
+        )
+        for scope, group in by_scope.items()
+    ]
 
 
 async def _delete_stale(cur: psycopg.AsyncCursor[Any], write: Replace) -> set[int]:
