@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import attrs
@@ -41,6 +42,8 @@ POLL_S = 5.0
 # A subscription that lasted this long was healthy: its loss starts the backoff afresh.
 # A shorter one keeps backing off, so a flapping Redis is not hammered with SUBSCRIBEs.
 STABLE_S = 30.0
+# Lookups a rehydrate makes at most while records for the device keep being committed.
+REHYDRATE_TRIES = 3
 
 
 class InvalidControlMessage(Exception):
@@ -167,13 +170,19 @@ class ControlListener:
 
         The query runs first and the swap after it has no await in between, so the
         writer never sees the device missing, and a failed query leaves the state as it
-        was.
+        was. A record committed for the device while the query ran is in the database but
+        maybe not in what the query read, so then it asks again (a few times at most: a
+        device sending non-stop gets the last answer), rather than put back an older fix.
         """
-        try:
-            newest = await self.store.newest([device_id])
-        except (PostgresUnavailable, RowsRejected) as exc:
-            self.log.warning("rehydrate failed", device_id=device_id, error=str(exc))
-            return False
+        for _ in range(REHYDRATE_TRIES):
+            seen = self._last_seen(device_id)
+            try:
+                newest = await self.store.newest([device_id])
+            except (PostgresUnavailable, RowsRejected) as exc:
+                self.log.warning("rehydrate failed", device_id=device_id, error=str(exc))
+                return False
+            if self._last_seen(device_id) == seen:
+                break
         had_state = self.states.forget(device_id)
         self.states.seed(device_id, newest[0] if newest else None)
         self.metrics.rehydrations.inc()
@@ -184,3 +193,7 @@ class ControlListener:
             newest_ts=newest[0].ts.isoformat() if newest else None,
         )
         return True
+
+    def _last_seen(self, device_id: str) -> datetime | None:
+        state = self.states.get(device_id)
+        return None if state is None else state.last_seen

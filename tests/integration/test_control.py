@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import attrs
 import orjson
@@ -26,6 +27,7 @@ from processor.core.control import (
 from processor.core.hot_state import DeviceStates
 from processor.core.metrics import Metrics
 from processor.core.migrate import apply_migrations
+from processor.core.model import Position
 from processor.core.pg_io import PositionStore
 from processor.core.redis_io import RedisStreams
 from processor.logs import make_logger
@@ -235,3 +237,51 @@ async def test_postgres_down_leaves_state_alone_and_keeps_listening(
         assert running.metrics.rehydrations._value.get() == 0
     finally:
         running.scope.cancel()
+
+
+@attrs.define
+class _CommitsDuringLookup:
+    """A real store whose first lookup lets the writer commit a newer fix meanwhile."""
+
+    store: PositionStore
+    states: DeviceStates
+    newer: Position
+    lookups: int = 0
+
+    async def newest(self, device_ids: list[str]) -> list[Position]:
+        self.lookups += 1
+        found = await self.store.newest(device_ids)
+        if self.lookups == 1:  # as the writer would: commit, then observe
+            await self.store.insert([self.newer])
+            self.states.observe(self.newer, datetime.now(UTC))
+        return found
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+async def test_a_fix_committed_during_the_lookup_is_not_replaced_by_an_older_one(
+    migrated: str, settings: config.Settings
+) -> None:
+    device = _device()
+    await _store(migrated, make_position(device, second=5))
+    states = DeviceStates(100)
+    states.observe(make_position(device, second=5), BASE_TIME)
+    store = _CommitsDuringLookup(PositionStore(migrated), states, make_position(device, second=9))
+    listener = ControlListener(
+        streams=None,  # type: ignore[arg-type]  # rehydrate() talks to PostgreSQL only
+        store=store,  # type: ignore[arg-type]
+        channel="unused",
+        states=states,
+        metrics=Metrics.create(settings.telemetry_stream),
+        log=make_logger("warning"),
+    )
+    try:
+        assert await listener.rehydrate(device)
+    finally:
+        await store.aclose()
+    state = states.get(device)
+    assert state is not None
+    assert state.last_position is not None
+    assert state.last_position.ts == make_position(device, second=9).ts
+    assert store.lookups == 2
