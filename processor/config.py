@@ -473,7 +473,8 @@ VARIABLES: tuple[Variable, ...] = (
         "256",
         _int_range(1, 100_000),
         "an integer 1-100000",
-        "Frames queued per client before coalescing (then closing) a slow client.",
+        "Frames queued per client before coalescing (then closing) a slow client;"
+        " the stream tail hands frames to clients in bursts of half of it.",
     ),
     Variable(
         "WS_ENTRIES_REFRESH_S",

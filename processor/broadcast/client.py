@@ -13,6 +13,11 @@ slow but still reading sees a clean close. A frame still unsent after the send d
 or cut by cancellation, leaves half a frame on the wire: no close frame can follow it,
 so the TCP connection is dropped instead (the peer sees 1006).
 
+The writer sends whatever is pending in the outbox (up to ``WRITE_BATCH_BYTES``) as
+pre-encoded frames in one stream write (``wire``); the send deadline applies to that
+write. Only if a connection cannot take raw frames (an extension is active) does it fall
+back to trio-websocket's ``send_message``, one message at a time.
+
 Resource handling: the caller owns the ``WebSocketConnection``; ``run`` always leaves it
 closed. Error handling: a closed connection ends ``run`` quietly; anything else
 propagates (a bug should crash the tree, not be logged and forgotten).
@@ -28,6 +33,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from processor.broadcast.metrics import BroadcastMetrics
 from processor.broadcast.outbox import ClientTooSlow, Outbox
+from processor.broadcast.wire import Frame, RawWriter, TextFrame, raw_writer
 
 GOING_AWAY = 1001
 INTERNAL = 1011  # also used for a missed heartbeat, like python-websockets does
@@ -35,6 +41,9 @@ TRY_AGAIN_LATER = 1013
 UNAUTHORIZED = 4401
 # How long a close handshake may take before the TCP connection is simply dropped.
 CLOSE_GRACE_S = 1.0
+# At most this much is joined into one write (a frame larger than it goes alone): enough
+# to make writes few, small enough that the send deadline still measures a stuck peer.
+WRITE_BATCH_BYTES = 256 * 1024
 
 
 async def close_connection(ws: WebSocketConnection, code: int, reason: str) -> None:
@@ -65,7 +74,7 @@ class Client:
     # One send longer than this means the client's TCP window has been shut for that
     # long: it is not reading, and holding it would only grow the server's buffers.
     send_deadline_s: float
-    outbox: Outbox = attrs.field(init=False)
+    outbox: Outbox[TextFrame] = attrs.field(init=False)
     close_code: int = attrs.field(default=1000, init=False)
     close_reason: str = attrs.field(default="", init=False)
     _closing: bool = attrs.field(default=False, init=False)
@@ -76,9 +85,12 @@ class Client:
     def __attrs_post_init__(self) -> None:
         self.outbox = Outbox(self.outbox_capacity)
 
-    def push(self, text: str, key: Hashable | None = None) -> None:
+    def push(self, frame: Frame, key: Hashable | None = None) -> None:
+        """Queue a frame; a text (a reply, a snapshot: one recipient) is encoded here."""
+        if isinstance(frame, str):
+            frame = TextFrame.of(frame)
         before = self.outbox.coalesced
-        if not self.outbox.push(text, key):
+        if not self.outbox.push(frame, key):
             self.too_slow("outbox overflowed after coalescing")
             return
         if self.outbox.coalesced != before:
@@ -114,18 +126,19 @@ class Client:
                 await close_connection(self.ws, self.close_code, self.close_reason)
 
     async def _writer(self) -> None:
+        raw = raw_writer(self.ws)
         while True:
             try:
-                text = await self.outbox.get()
+                batch = await self.outbox.get_many(WRITE_BATCH_BYTES)
             except ClientTooSlow:
                 self.close_with(TRY_AGAIN_LATER, self.close_reason or "too slow")
                 return
             self._in_flight = True
             try:
                 with trio.fail_after(self.send_deadline_s):
-                    await self.ws.send_message(text)
+                    await self._send(raw, batch)
             except trio.TooSlowError:
-                self.too_slow(f"a frame took over {self.send_deadline_s:g} s to send")
+                self.too_slow(f"a write took over {self.send_deadline_s:g} s to send")
                 self.close_with(TRY_AGAIN_LATER, self.close_reason)
                 return
             except ConnectionClosed:
@@ -133,7 +146,14 @@ class Client:
                 self.close_with(1000)
                 return
             self._in_flight = False
-            self.metrics.frames_sent.inc()
+            self.metrics.frames_sent.inc(len(batch))
+
+    async def _send(self, raw: RawWriter | None, batch: list[TextFrame]) -> None:
+        if raw is not None:
+            await raw.send(batch[0].data if len(batch) == 1 else b"".join(f.data for f in batch))
+            return
+        for frame in batch:
+            await self.ws.send_message(frame.text)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -2,9 +2,11 @@
 
 The stream tail calls ``publish`` for every decoded record; it runs synchronously and
 only pushes into outboxes, so a slow or dead client can never hold up the tail or its
-neighbours. The hub also keeps the last fix it broadcast per device: it is the
-no-regression rule (a late fix, older than or as old as the last one sent, is stored by
-the pipeline but not broadcast as live) and half of the in-memory snapshot.
+neighbours. Each frame is encoded to its WebSocket bytes here, once for all its
+recipients (``wire.TextFrame``). The hub also keeps the last fix it broadcast per
+device: it is the no-regression rule (a late fix, older than or as old as the last one
+sent, is stored by the pipeline but not broadcast as live) and half of the in-memory
+snapshot.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from processor.broadcast import frames
 from processor.broadcast.metrics import BroadcastMetrics
 from processor.broadcast.roster import RosterKeeper
 from processor.broadcast.subscription import Subscription
+from processor.broadcast.wire import TextFrame
 from processor.core.model import Position, entry_id_millis
 
 # Named, derived attributes of a fix (the race domain's IO mapping); same signature as
@@ -75,9 +78,9 @@ class Hub:
                 continue
             if body is None:
                 body = frames.position_body(position, entry_id, self.attributes(position))
-            text = frames.position_frame(event_id, {**body, "entry_id": entry_id})
+            frame = TextFrame.of(frames.position_frame(event_id, {**body, "entry_id": entry_id}))
             for sub in list(subs):
-                sub.offer(device_id, position.ts, text)
+                sub.offer(device_id, position.ts, frame)
             handed = True
         if handed and stream_id is not None:
             delay = time.time() - entry_id_millis(stream_id) / 1000
@@ -85,5 +88,9 @@ class Hub:
 
     def publish_timing(self, event_id: str, text: str) -> None:
         """Hand a timing frame to every subscription of the event (never coalesced)."""
-        for sub in list(self._subscribers.get(event_id, ())):
-            sub.offer_unkeyed(text)
+        subs = self._subscribers.get(event_id)
+        if not subs:
+            return
+        frame = TextFrame.of(text)
+        for sub in list(subs):
+            sub.offer_unkeyed(frame)

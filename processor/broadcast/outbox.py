@@ -7,16 +7,23 @@ to unsent items, which a channel does not give. ``push`` never blocks, like
 ``send_nowait``: the fan-out never waits for a client. When even coalescing cannot make
 room (more distinct devices or control frames pending than the capacity), the outbox
 is marked overflowed and the writer closes the client (code 1013).
+
+The writer takes everything pending at once (``get_many``, bounded in bytes) so that it
+can send it in one write; what it leaves stays here, still subject to coalescing.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sized
+from typing import Generic, TypeVar
 
 import attrs
 import trio
+
+# A frame: anything with a length (its size on the wire, for ``get_many``'s limit).
+T = TypeVar("T", bound=Sized)
 
 
 class ClientTooSlow(Exception):
@@ -24,10 +31,10 @@ class ClientTooSlow(Exception):
 
 
 @attrs.define
-class Outbox:
+class Outbox(Generic[T]):
     capacity: int
-    # seq -> (coalescing key or None for frames that are never replaced, text)
-    _items: OrderedDict[int, tuple[Hashable | None, str]] = attrs.field(
+    # seq -> (coalescing key or None for frames that are never replaced, frame)
+    _items: OrderedDict[int, tuple[Hashable | None, T]] = attrs.field(
         factory=OrderedDict, init=False
     )
     _latest: dict[Hashable, int] = attrs.field(factory=dict, init=False)  # key -> its seq
@@ -39,7 +46,7 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def push(self, text: str, key: Hashable | None = None) -> bool:
+    def push(self, frame: T, key: Hashable | None = None) -> bool:
         """Queue a frame; False (and overflowed) when the client cannot keep up.
 
         ``key`` names what a newer frame supersedes (event and device of a position);
@@ -50,7 +57,7 @@ class Outbox:
         if len(self._items) >= self.capacity:
             old = self._latest.get(key) if key is not None else None
             if old is not None:
-                self._items[old] = (key, text)  # in place: the device keeps its turn
+                self._items[old] = (key, frame)  # in place: the device keeps its turn
                 self.coalesced += 1
                 return True
             self._compact()
@@ -59,7 +66,7 @@ class Outbox:
                 self._wakeup.set()
                 return False
         seq = next(self._seq)
-        self._items[seq] = (key, text)
+        self._items[seq] = (key, frame)
         if key is not None:
             self._latest[key] = seq
         self._wakeup.set()
@@ -81,15 +88,35 @@ class Outbox:
         self.overflowed = True
         self._wakeup.set()
 
-    async def get(self) -> str:
+    async def get(self) -> T:
         """The oldest frame; waits while empty. Raises ``ClientTooSlow`` once overflowed."""
+        return (await self.get_many(0))[0]
+
+    async def get_many(self, max_bytes: int) -> list[T]:
+        """The oldest frames, in order, up to ``max_bytes`` (at least one); waits while empty.
+
+        Raises ``ClientTooSlow`` once overflowed.
+        """
         while True:
             if self.overflowed:
                 raise ClientTooSlow(f"more than {self.capacity} frames queued after coalescing")
             if self._items:
-                seq, (key, text) = self._items.popitem(last=False)
-                if key is not None and self._latest.get(key) == seq:
-                    del self._latest[key]
-                return text
+                return self._take(max_bytes)
             self._wakeup = trio.Event()
             await self._wakeup.wait()
+
+    def _take(self, max_bytes: int) -> list[T]:
+        items, latest = self._items, self._latest
+        out: list[T] = []
+        size = 0
+        while items:
+            seq = next(iter(items))
+            key, frame = items[seq]
+            if out and size + len(frame) > max_bytes:
+                break
+            del items[seq]
+            if key is not None and latest.get(key) == seq:
+                del latest[key]
+            out.append(frame)
+            size += len(frame)
+        return out

@@ -109,6 +109,7 @@ class BroadcastPlugin:
                             future_tolerance_s=s.future_tolerance_s,
                             publish=hub.publish,
                             log=log,
+                            burst=max(1, s.ws_outbox_max // 2),
                         ).run
                     )
                 gatekeeper = Gatekeeper(

@@ -19,9 +19,11 @@ from typing import Protocol
 
 import attrs
 
+from processor.broadcast.wire import Frame
+
 # (device, fix time, frame) of a position held during the snapshot, or a bare frame
 # (timing) that no newer frame replaces.
-Held = tuple[str, datetime, str] | str
+Held = tuple[str, datetime, Frame] | Frame
 
 
 class Recipient(Protocol):
@@ -29,7 +31,7 @@ class Recipient(Protocol):
 
     outbox_capacity: int
 
-    def push(self, text: str, key: Hashable | None = None) -> None: ...
+    def push(self, frame: Frame, key: Hashable | None = None) -> None: ...
 
     def too_slow(self, why: str) -> None: ...
 
@@ -45,14 +47,14 @@ class Subscription:
     def live(self) -> bool:
         return self._held is None
 
-    def offer(self, device_id: str, ts: datetime, text: str) -> None:
+    def offer(self, device_id: str, ts: datetime, text: Frame) -> None:
         """A live position frame for this event (called by the hub, never blocks)."""
         if self._held is None:
             self._deliver(device_id, ts, text)
             return
         self._hold(self._held, (device_id, ts, text))
 
-    def offer_unkeyed(self, text: str) -> None:
+    def offer_unkeyed(self, text: Frame) -> None:
         """A frame that no newer one replaces (timing); after the snapshot, like fixes."""
         if self._held is None:
             self.client.push(text)
@@ -72,12 +74,12 @@ class Subscription:
         self._floor = dict(floor)
         self.client.push(snapshot)
         for item in held:
-            if isinstance(item, str):
-                self.client.push(item)
-            else:
+            if isinstance(item, tuple):
                 self._deliver(*item)
+            else:
+                self.client.push(item)
 
-    def _deliver(self, device_id: str, ts: datetime, text: str) -> None:
+    def _deliver(self, device_id: str, ts: datetime, text: Frame) -> None:
         floor = self._floor.get(device_id)
         if floor is not None:
             if ts <= floor:
@@ -88,10 +90,10 @@ class Subscription:
 
 def _coalesced(held: list[Held]) -> list[Held]:
     """Each device's newest held fix, at its first fix's place; bare frames all kept."""
-    newest = {item[0]: item for item in held if not isinstance(item, str)}
+    newest = {item[0]: item for item in held if isinstance(item, tuple)}
     out: list[Held] = []
     for item in held:
-        if isinstance(item, str):
+        if not isinstance(item, tuple):
             out.append(item)
         elif item[0] in newest:
             out.append(newest.pop(item[0]))

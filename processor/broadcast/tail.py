@@ -51,6 +51,12 @@ class StreamTail:
     future_tolerance_s: float
     publish: Callable[[Position, str], None]
     log: structlog.typing.FilteringBoundLogger
+    # Fixes published between two checkpoints. Client writers run only at a checkpoint,
+    # so this sets how many frames each writer finds to send in one write (a write per
+    # frame was most of the fan-out's cost: bench/README.md, fan-out). It must stay under
+    # a client's outbox (the plug-in uses half), so that one burst cannot fill the outbox
+    # of a client that keeps up.
+    burst: int = 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         backoff = Backoff(cap_s=2.0)
@@ -73,6 +79,7 @@ class StreamTail:
                 continue
             backoff.reset()
             now = datetime.now(UTC)
+            unyielded = 0
             for key, entry_id, fields in entries:
                 last_ids[key] = entry_id
                 try:
@@ -83,8 +90,13 @@ class StreamTail:
                     )
                     continue
                 self.publish(position, entry_id)
-                # Let client writers drain between fixes: a burst of one read must not
-                # fill every outbox before any of them had a chance to send.
+                # Let client writers drain between bursts: one read must not fill every
+                # outbox before any of them had a chance to send.
+                unyielded += 1
+                if unyielded >= self.burst:
+                    unyielded = 0
+                    await trio.lowlevel.checkpoint()
+            if unyielded:
                 await trio.lowlevel.checkpoint()
 
     async def _read(self, starts: dict[str, str]) -> list[tuple[str, str, dict[bytes, bytes]]]:

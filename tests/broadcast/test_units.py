@@ -24,6 +24,7 @@ from processor.broadcast.outbox import ClientTooSlow, Outbox
 from processor.broadcast.server import MAX_FRAME_BYTES
 from processor.broadcast.subscription import Subscription
 from processor.broadcast.ttl_cache import TtlCache
+from processor.broadcast.wire import TextFrame
 
 T0 = datetime(2026, 5, 12, 9, 0, tzinfo=UTC)
 
@@ -86,6 +87,29 @@ async def test_outbox_get_waits_for_a_push() -> None:
         assert got == []
         box.push("x")
     assert got == ["x"]
+
+
+async def test_outbox_get_many_takes_what_is_pending_in_order_up_to_the_byte_limit() -> None:
+    box: Outbox[str] = Outbox(10)
+    for text in ("a1", "b1", "c1", "snapshot-of-ten"):
+        box.push(text, key=None if len(text) > 2 else text[0])
+    assert await box.get_many(6) == ["a1", "b1", "c1"]  # 2 + 2 + 2 bytes; the next is over
+    assert await box.get_many(6) == ["snapshot-of-ten"]  # larger than the limit: alone
+    for text in ("a2", "b2", "a3"):
+        box.push(text, key=text[0])
+    assert await box.get_many(1000) == ["a2", "b2", "a3"]
+    assert len(box) == 0
+
+
+async def test_what_get_many_leaves_behind_is_still_coalesced() -> None:
+    box: Outbox[str] = Outbox(3)
+    for text in ("a1", "b1", "c1"):
+        box.push(text, key=text[0])
+    assert await box.get_many(2) == ["a1"]
+    assert box.push("a2", key="a")
+    assert box.push("b2", key="b")  # full: replaces b1 in place
+    assert box.coalesced == 1
+    assert await box.get_many(1000) == ["b2", "c1", "a2"]
 
 
 @attrs.define
@@ -227,3 +251,19 @@ def test_timing_frames_during_the_snapshot_come_after_it_and_are_never_coalesced
     assert [t for t, _ in client.pushed] == ["SNAP", "a7", "T1", "b6"]
     sub.offer_unkeyed("T2")  # live now: straight through
     assert client.pushed[-1] == ("T2", None)
+
+
+def test_pre_encoded_frames_are_held_and_coalesced_like_texts() -> None:
+    """The hub hands out ``TextFrame``s (encoded once): held, coalesced, ordered the same."""
+    client = FakeClient(outbox_capacity=4)
+    sub = Subscription(client, "7")
+    a5, t1, a6, b6, a7 = (TextFrame.of(t) for t in ("a5", "T1", "a6", "b6", "a7"))
+    sub.offer("a", at(5), a5)
+    sub.offer_unkeyed(t1)
+    sub.offer("a", at(6), a6)
+    sub.offer("b", at(6), b6)
+    sub.offer("a", at(7), a7)  # over capacity: a's fixes coalesce, T1 stays
+    sub.release("SNAP", {})
+    assert [t for t, _ in client.pushed] == ["SNAP", a7, t1, b6]
+    assert client.pushed[2][1] is None  # timing: never coalesced later either
+    assert client.pushed[1][1] == ("7", "a")
