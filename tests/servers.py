@@ -47,24 +47,45 @@ START_TIMEOUT_S = 30.0
 # Ports below Linux's ephemeral range (32768+): a client reconnecting to a port nobody
 # listens on can otherwise be given that very port as its local port and connect to itself.
 _PORT_RANGE = (20_000, 32_000)
+# Redis Cluster nodes: bus ports (node + 10000) land in 20000-29999, reserved as taken.
+_CLUSTER_PORT_RANGE = (10_000, 20_000)
+_CLUSTER_BUS_OFFSET = 10_000
 _used_ports: set[int] = set()
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now, outside the ephemeral range."""
+    return _free_ports(_PORT_RANGE, 0)
+
+
+def free_cluster_port() -> int:
+    """A port for a Redis Cluster node, whose bus port (port + 10000) is free as well.
+
+    Both stay below the ephemeral range and out of ``free_port``'s way: a node whose bus
+    port is taken (an outgoing connection's local port, another server) cannot start.
+    """
+    return _free_ports(_CLUSTER_PORT_RANGE, _CLUSTER_BUS_OFFSET)
+
+
+def _free_ports(span: tuple[int, int], bus_offset: int) -> int:
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(*_PORT_RANGE)
-        if port in _used_ports:
+        port = rng.randrange(*span)
+        wanted = [port, port + bus_offset] if bus_offset else [port]
+        if any(p in _used_ports for p in wanted) or not all(_bindable(p) for p in wanted):
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _used_ports.add(port)
+        _used_ports.update(wanted)
         return port
     raise RuntimeError("no free port found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_until(
@@ -397,7 +418,7 @@ class RedisClusterServers:
 
     def __init__(self, root: Path, nodes: int = 3) -> None:
         self.root = root
-        self.ports = [free_port() for _ in range(nodes)]
+        self.ports = [free_cluster_port() for _ in range(nodes)]
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -430,10 +451,14 @@ class RedisClusterServers:
                 )
             )
             log.close()
-        for port in self.ports:
+        for port, proc in zip(self.ports, self.procs, strict=True):
             client = no_retry_redis(f"redis://127.0.0.1:{port}")
             try:
-                wait_until(lambda c=client: _answers(c), START_TIMEOUT_S, f"node {port}")
+                wait_until(
+                    lambda c=client, p=proc, n=port: self._node_up(c, p, n),
+                    START_TIMEOUT_S,
+                    f"node {port}",
+                )
             finally:
                 client.close()
         subprocess.run(
@@ -451,6 +476,13 @@ class RedisClusterServers:
             timeout=60,
         )
         wait_until(self._state_ok, START_TIMEOUT_S, "cluster_state:ok on every node")
+
+    def _node_up(self, client: redis.Redis, proc: subprocess.Popen[bytes], port: int) -> bool:
+        """True once the node answers; fails at once, with its log, if it exited."""
+        if proc.poll() is not None:
+            log = (self.root / str(port) / "redis.log").read_text(errors="replace")
+            raise AssertionError(f"redis cluster node {port} exited: {log[-2000:]}")
+        return _answers(client)
 
     def _state_ok(self) -> bool:
         for port in self.ports:
