@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import psycopg
 import redis
+import structlog
 import trio
 
 from processor.app import App
@@ -124,9 +125,12 @@ async def start_app(
     nursery: trio.Nursery,
     settings: Settings,
     plugin_factories: Sequence[PluginFactory] | None = None,
+    *,
+    log: structlog.typing.FilteringBoundLogger | None = None,
 ) -> RunningApp:
     """Start the real nursery tree in-process and wait until it is ready (or fail)."""
-    app = App.create(settings, make_logger("warning"), plugin_factories=plugin_factories)
+    log = make_logger("warning") if log is None else log
+    app = App.create(settings, log, plugin_factories=plugin_factories)
     running = RunningApp(app, trio.Event(), [])
 
     async def run() -> None:

@@ -16,45 +16,27 @@ import redis
 import trio
 
 from processor import config, exit_codes
-from processor.app import App
 from processor.core.codec import encode
 from processor.logs import make_logger
 from tests.helpers import (
     BASE_TIME,
+    RunningApp,
     count_rows,
     group_pending,
     make_position,
     publish,
     publish_fields,
+    start_app,
     wait_for,
 )
 
 
-@attrs.define
-class Running:
-    app: App
-    exit_code: list[int]
-
-    async def stop(self) -> int:
-        self.app.shutdown.begin("test")
-        await wait_for(lambda: bool(self.exit_code), 15, what="app exit")
-        return self.exit_code[0]
-
-
 @pytest.fixture
-async def running(settings: config.Settings, nursery: trio.Nursery) -> AsyncIterator[Running]:
-    app = App.create(settings, make_logger("warning"))
-    exit_code: list[int] = []
-
-    async def run() -> None:
-        exit_code.append(await app.run())
-
-    nursery.start_soon(run)
-    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
-    assert not exit_code, f"app exited early with {exit_code}"
-    yield Running(app, exit_code)
-    if not exit_code:
-        await Running(app, exit_code).stop()
+async def running(settings: config.Settings, nursery: trio.Nursery) -> AsyncIterator[RunningApp]:
+    running = await start_app(nursery, settings)
+    yield running
+    if not running.done.is_set():
+        await running.stop()
 
 
 def _prefix() -> str:
@@ -62,7 +44,7 @@ def _prefix() -> str:
 
 
 async def test_records_become_rows_byte_for_byte(
-    running: Running, settings: config.Settings, sync_redis: redis.Redis
+    running: RunningApp, settings: config.Settings, sync_redis: redis.Redis
 ) -> None:
     prefix = _prefix()
     positions = [make_position(f"{prefix}-{d}", second=s) for d in range(5) for s in range(20)]
@@ -116,7 +98,7 @@ async def test_records_become_rows_byte_for_byte(
 
 
 async def test_redelivery_creates_no_duplicates(
-    running: Running, settings: config.Settings, sync_redis: redis.Redis
+    running: RunningApp, settings: config.Settings, sync_redis: redis.Redis
 ) -> None:
     prefix = _prefix()
     positions = [make_position(f"{prefix}-{d}", second=s) for d in range(3) for s in range(10)]
@@ -134,7 +116,7 @@ async def test_redelivery_creates_no_duplicates(
 
 
 async def test_poison_is_dead_lettered_with_reason_and_acked(
-    running: Running, settings: config.Settings, sync_redis: redis.Redis
+    running: RunningApp, settings: config.Settings, sync_redis: redis.Redis
 ) -> None:
     prefix = _prefix()
     good = make_position(f"{prefix}-ok")
@@ -170,7 +152,7 @@ async def test_poison_is_dead_lettered_with_reason_and_acked(
 
 
 async def test_http_endpoints(
-    running: Running, settings: config.Settings, sync_redis: redis.Redis
+    running: RunningApp, settings: config.Settings, sync_redis: redis.Redis
 ) -> None:
     url = running.app.http_url
     assert url is not None
@@ -203,7 +185,7 @@ async def test_http_endpoints(
 
 
 async def test_late_fix_does_not_replace_newer_state(
-    running: Running, settings: config.Settings, sync_redis: redis.Redis
+    running: RunningApp, settings: config.Settings, sync_redis: redis.Redis
 ) -> None:
     device = f"{_prefix()}-late"
     publish(sync_redis, settings.telemetry_stream, [make_position(device, second=100)])
@@ -231,21 +213,15 @@ async def test_logs_are_json_lines_with_lifecycle_in_order_and_batch_lines_at_de
     settings: config.Settings, sync_redis: redis.Redis, nursery: trio.Nursery
 ) -> None:
     out = io.StringIO()
-    app = App.create(settings, make_logger("debug", file=out))
-    exit_code: list[int] = []
-
-    async def run() -> None:
-        exit_code.append(await app.run())
-
-    nursery.start_soon(run)
-    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    started = await start_app(nursery, settings, log=make_logger("debug", file=out))
+    app = started.app
     prefix = _prefix()
     positions = [make_position(f"{prefix}-{d}", second=s) for d in range(2) for s in range(4)]
     publish(sync_redis, settings.telemetry_stream, positions)
     await wait_for(lambda: app.metrics.acked._value.get() >= len(positions), what="all acked")
     publish(sync_redis, settings.telemetry_stream, positions[:3])  # re-delivered: duplicates
     await wait_for(lambda: app.metrics.acked._value.get() >= len(positions) + 3, what="dups")
-    assert await Running(app, exit_code).stop() == exit_codes.OK
+    assert await started.stop() == exit_codes.OK
 
     lines = [json.loads(text) for text in out.getvalue().splitlines()]
     assert lines, "nothing logged"
@@ -284,17 +260,11 @@ async def test_info_level_hides_the_per_batch_lines(
     settings: config.Settings, sync_redis: redis.Redis, nursery: trio.Nursery
 ) -> None:
     out = io.StringIO()
-    app = App.create(settings, make_logger("info", file=out))
-    exit_code: list[int] = []
-
-    async def run() -> None:
-        exit_code.append(await app.run())
-
-    nursery.start_soon(run)
-    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    started = await start_app(nursery, settings, log=make_logger("info", file=out))
+    app = started.app
     publish(sync_redis, settings.telemetry_stream, [make_position(_prefix())])
     await wait_for(lambda: app.metrics.acked._value.get() >= 1, what="one ack")
-    assert await Running(app, exit_code).stop() == exit_codes.OK
+    assert await started.stop() == exit_codes.OK
     events = {json.loads(text)["event"] for text in out.getvalue().splitlines()}
     assert set(LIFECYCLE) <= events
     assert not events & {"consumed", "written", "acked"}
@@ -327,14 +297,8 @@ async def test_consumer_stops_reading_while_the_writer_cannot_write(
         batch_max=read_count,
         channel_capacity=capacity,
     )
-    app = App.create(settings, make_logger("warning"))
-    exit_code: list[int] = []
-
-    async def run() -> None:
-        exit_code.append(await app.run())
-
-    nursery.start_soon(run)
-    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    started = await start_app(nursery, settings, log=make_logger("warning"))
+    app = started.app
     prefix = _prefix()
     positions = [make_position(f"{prefix}-{d}", second=s) for d in range(30) for s in range(100)]
 
@@ -362,7 +326,7 @@ async def test_consumer_stops_reading_while_the_writer_cannot_write(
         lambda: group_pending(sync_redis, settings.telemetry_stream) == 0, what="all acked"
     )
     assert consumed._value.get() == len(positions)
-    assert await Running(app, exit_code).stop() == exit_codes.OK
+    assert await started.stop() == exit_codes.OK
 
 
 async def test_rows_postgres_rejects_are_failed_the_rest_of_the_batch_commits(
@@ -375,14 +339,8 @@ async def test_rows_postgres_rejects_are_failed_the_rest_of_the_batch_commits(
     bisection and reported ``failed`` and dead-lettered; its batch-mates are inserted and
     acked; nothing is left pending."""
     settings = attrs.evolve(settings, postgres_url=fresh_database_url, batch_linger_ms=500)
-    app = App.create(settings, make_logger("warning"))
-    exit_code: list[int] = []
-
-    async def run() -> None:
-        exit_code.append(await app.run())
-
-    nursery.start_soon(run)
-    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
+    started = await start_app(nursery, settings, log=make_logger("warning"))
+    app = started.app
     with psycopg.connect(fresh_database_url, autocommit=True) as conn:
         conn.execute(
             "ALTER TABLE positions ADD CONSTRAINT test_refuses_marked"
@@ -413,4 +371,4 @@ async def test_rows_postgres_rejects_are_failed_the_rest_of_the_batch_commits(
         assert letter[b"error_kind"] == b"write_rejected"
         assert b"test_refuses_marked" in letter[b"error"]
         assert letter[b"payload"] == encode(original)[b"payload"]
-    assert await Running(app, exit_code).stop() == exit_codes.OK
+    assert await started.stop() == exit_codes.OK

@@ -25,9 +25,7 @@ import trio
 import yaml
 
 from processor import config
-from processor.app import App
-from processor.logs import make_logger
-from tests.helpers import count_rows, make_position, publish, publish_fields, wait_for
+from tests.helpers import count_rows, make_position, publish, publish_fields, start_app, wait_for
 from tests.ops.test_dockerfile import healthcheck_command
 from tests.ops.tools import OPS, REPO, output, require_tool, run
 
@@ -237,15 +235,8 @@ async def live(settings: config.Settings, nursery: trio.Nursery) -> AsyncIterato
     """The real app, in-process, after writing a few rows and dead-lettering one record,
     so counters, histograms and labelled series all have samples."""
     settings = attrs.evolve(settings, ws_port=0, ws_host="127.0.0.1")
-    app = App.create(settings, make_logger("warning"))
-    exit_code: list[int] = []
-
-    async def run_app() -> None:
-        exit_code.append(await app.run())
-
-    nursery.start_soon(run_app)
-    await wait_for(lambda: app.ready.is_set() or bool(exit_code), 30, what="app ready")
-    assert not exit_code, f"app exited early with {exit_code}"
+    running = await start_app(nursery, settings)
+    app = running.app
     assert app.http_url is not None
 
     prefix = f"M{uuid.uuid4().hex[:10]}"
@@ -269,9 +260,7 @@ async def live(settings: config.Settings, nursery: trio.Nursery) -> AsyncIterato
 
     await wait_for(dead_lettered, what="a dead letter in /metrics")
     yield Scrape(http_url=app.http_url, text=await scrape())
-    app.shutdown.begin("test")
-    await wait_for(lambda: bool(exit_code), 15, what="app exit")
-    assert exit_code == [0]
+    assert await running.stop() == 0
 
 
 async def test_promtool_finds_no_problem_in_a_live_scrape(live: Scrape) -> None:
