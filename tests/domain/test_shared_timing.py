@@ -131,6 +131,20 @@ def recomputes(p: DomainPlugin, reason: str) -> float:
 
 
 @asynccontextmanager
+async def two_instances(url: str) -> AsyncIterator[tuple[DomainPlugin, DomainPlugin]]:
+    """Two instances' domain plug-ins on one database, definitions loaded; closed after."""
+    a, b = plugin(url, "a"), plugin(url, "b")
+    try:
+        for p in (a, b):
+            assert await p.reload()
+        yield a, b
+    finally:
+        for p in (a, b):
+            await p.loader.aclose()
+            await p.writer.aclose()
+
+
+@asynccontextmanager
 async def running(p: DomainPlugin) -> AsyncIterator[DomainPlugin]:
     async with trio.open_nursery() as nursery:
         await nursery.start(p.run)
@@ -144,20 +158,13 @@ async def test_two_instances_taking_turns_on_one_device_equal_replay(
     """Alternating 2-fix chunks: each instance alone would time segments that skip the
     other's fixes (old code: finish at 94.444 s from 14.078 at 70 s -> 14.105 at 100 s)."""
     race = insert_race(url)
-    a, b = plugin(url, "a"), plugin(url, "b")
-    try:
-        for p in (a, b):
-            assert await p.reload()
+    async with two_instances(url) as (a, b):
         engine_a, engine_b = LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)
         for i in range(0, len(FIXES), 2):
             positions = commit(url, race["imei"], FIXES[i : i + 2])
             p, engine = (a, engine_a) if i % 4 == 0 else (b, engine_b)
             await p.process(engine, positions)
         live = await assert_equals_replay(url, race, capsys)
-    finally:
-        for p in (a, b):
-            await p.loader.aclose()
-            await p.writer.aclose()
     assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
     assert live["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
     assert progress(url, race["imei"]) == [(FIXES[-1].ts,)]
@@ -178,10 +185,7 @@ async def test_an_interleaving_fix_of_another_instance_forces_a_recompute(
     write and recomputes (old code: finish at 94.444 s on the segment 70 s -> 100 s)."""
     race = insert_race(url)
     imei = race["imei"]
-    a, b = plugin(url, "a"), plugin(url, "b")
-    try:
-        for p in (a, b):
-            assert await p.reload()
+    async with two_instances(url) as (a, b):
         engine_a, engine_b = LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)
         await a.process(engine_a, commit(url, imei, FIXES[0:2]))  # cold
         await a.process(engine_a, commit(url, imei, FIXES[2:4]))  # incremental
@@ -192,10 +196,6 @@ async def test_an_interleaving_fix_of_another_instance_forces_a_recompute(
         await b.process(engine_b, queued_b)  # cold
         await a.process(engine_a, queued_a)  # shared: b wrote since
         live = await assert_equals_replay(url, race, capsys)
-    finally:
-        for p in (a, b):
-            await p.loader.aclose()
-            await p.writer.aclose()
     assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
     assert live["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
     # 3 of a's 4 chunks: cold (no row yet); interleaved and shared, both rebuilt from the
@@ -216,20 +216,13 @@ async def test_a_late_fix_timed_elsewhere_is_not_overwritten_by_a_stale_track(
     progress token tells it someone else wrote the device."""
     race = insert_race(url)
     imei = race["imei"]
-    a, b = plugin(url, "a"), plugin(url, "b")
-    try:
-        for p in (a, b):
-            assert await p.reload()
+    async with two_instances(url) as (a, b):
         engine_a, engine_b = LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)
         await a.process(engine_a, commit(url, imei, FIXES[0:2]))
         await b.process(engine_b, commit(url, imei, [fix(7, 13.998)]))
         assert progress(url, imei) == [(FIXES[1].ts,)]
         await a.process(engine_a, commit(url, imei, FIXES[2:]))
         live = await assert_equals_replay(url, race, capsys)
-    finally:
-        for p in (a, b):
-            await p.loader.aclose()
-            await p.writer.aclose()
     assert crossings(url, race)[("start", 0)] == at(7.5)
     assert live["results"] == [(at(7.5), at(95), 87_500, 2, 2, "finished", 1)]
     # b's late fix (7 s, before a's progress at 10 s, stored after a's pass read the
@@ -358,7 +351,6 @@ async def test_two_instances_timing_two_devices_at_once_equal_replay(
     devices (of two events) at the same time; the locks make them take turns per device,
     in one order, so neither deadlocks and both races end as a replay leaves them."""
     races = [insert_race(url), insert_race(url)]
-    a, b = plugin(url, "a"), plugin(url, "b")
 
     async def instance(p: DomainPlugin, chunks: range) -> None:
         engine = LiveEngine(p.definitions.current)
@@ -366,19 +358,13 @@ async def test_two_instances_timing_two_devices_at_once_equal_replay(
             positions = [q for r in races for q in commit(url, r["imei"], FIXES[i : i + 1])]
             await p.process(engine, positions)
 
-    try:
-        for p in (a, b):
-            assert await p.reload()
+    async with two_instances(url) as (a, b):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(instance, a, range(0, len(FIXES), 2))
             nursery.start_soon(instance, b, range(1, len(FIXES), 2))
         for race in races:
             live = await assert_equals_replay(url, race, capsys)
             assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
-    finally:
-        for p in (a, b):
-            await p.loader.aclose()
-            await p.writer.aclose()
     assert a.metrics.write_failures._value.get() == 0
     # Most passes find the other's write: they restore the tracks from the rows (how many
     # depends on how the two interleave; a fix committed after the other read the stored
@@ -406,12 +392,9 @@ async def test_a_long_history_taken_in_turns_reads_the_chunk_not_the_history(
         monkeypatch.setattr(live, "REBUILDABLE", frozenset())
     race = insert_race(url)
     imei = race["imei"]
-    a, b = plugin(url, "a"), plugin(url, "b")
     reads: list[int] = []
     seconds: list[float] = []
-    try:
-        for p in (a, b):
-            assert await p.reload()
+    async with two_instances(url) as (a, b):
         engines = [LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)]
         await a.writer.time(engines[0].plan(commit(url, imei, HISTORY)))
         split = timing_rows(url, race)
@@ -428,10 +411,6 @@ async def test_a_long_history_taken_in_turns_reads_the_chunk_not_the_history(
             expected = {"rebuilt"} if path == "rebuilt" else {"cold", "shared"}
             assert set(work.reasons.values()) <= expected, work.reasons
         live_rows = await assert_equals_replay(url, race, capsys)
-    finally:
-        for p in (a, b):
-            await p.loader.aclose()
-            await p.writer.aclose()
     print(
         f"\n{path}: {len(reads)} passes, stored fixes read per pass {min(reads)}..{max(reads)},"
         f" {sum(seconds) / len(seconds) * 1000:.1f} ms per pass (max {max(seconds) * 1000:.1f})"
@@ -454,10 +433,7 @@ async def test_stored_rows_that_do_not_fit_fall_back_to_the_full_replay(
     other instance replays every stored fix instead, and ends as ``processor replay``."""
     race = insert_race(url)
     imei = race["imei"]
-    a, b = plugin(url, "a"), plugin(url, "b")
-    try:
-        for p in (a, b):
-            assert await p.reload()
+    async with two_instances(url) as (a, b):
         engine_a, engine_b = LiveEngine(a.definitions.current), LiveEngine(b.definitions.current)
         await a.process(engine_a, commit(url, imei, FIXES[0:3]))  # started: a running clock
         with psycopg.connect(url, autocommit=True) as conn:
@@ -473,8 +449,4 @@ async def test_stored_rows_that_do_not_fit_fall_back_to_the_full_replay(
         await b.process(engine_b, commit(url, imei, FIXES[7:]))  # and now the rows fit
         assert [recomputes(b, r) for r in ("cold", "shared", "rebuilt")] == [1, 0, 1]
         live_rows = await assert_equals_replay(url, race, capsys)
-    finally:
-        for p in (a, b):
-            await p.loader.aclose()
-            await p.writer.aclose()
     assert live_rows["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
