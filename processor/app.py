@@ -91,7 +91,8 @@ class App:
         cls, settings: Settings, log: Log, plugin_factories: Sequence[PluginFactory] | None = None
     ) -> App:
         health = Readiness()
-        for component in ("postgres", "redis", "consumer"):
+        components = ["postgres", "redis"] + (["consumer"] if settings.pipeline_enabled else [])
+        for component in components:
             health.fail(component, "starting")
         return cls(
             settings=settings,
@@ -225,7 +226,13 @@ class App:
                     self.log.info("plugin started", plugin=plugin.name)
                     if isinstance(plugin, Reloadable):
                         reload_hooks.append(plugin.request_reload)
-                await self._run_pipeline(store, streams, retry, plugins)
+                if s.pipeline_enabled:
+                    await self._run_pipeline(store, streams, retry, plugins)
+                else:
+                    # Broadcast only: the plug-ins are the work; they run until shutdown.
+                    self.log.info("ready", http=self.http_url, pipeline=False)
+                    self.ready.set()
+                    await self.shutdown.requested.wait()
                 services.cancel_scope.cancel()
         finally:
             await store.aclose()

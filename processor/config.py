@@ -56,6 +56,7 @@ class Settings:
     dlq_stream: str
     dlq_max_deliveries: int
     panic_dump_dir: str
+    pipeline_enabled: bool
     domain_enabled: bool
     domain_refresh_s: float
     ws_enabled: bool
@@ -377,6 +378,15 @@ VARIABLES: tuple[Variable, ...] = (
         "Deliveries after which an entry is dead-lettered.",
     ),
     Variable(
+        "PIPELINE_ENABLED",
+        "pipeline_enabled",
+        "true",
+        _bool,
+        "true or false",
+        "Run the write pipeline (consumer, writer, claimer, dead letters). false: a"
+        " broadcast-only instance that serves WebSocket clients and writes nothing.",
+    ),
+    Variable(
         "DOMAIN_ENABLED",
         "domain_enabled",
         "true",
@@ -513,6 +523,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             settings.dlq_stream,
             "is the telemetry stream itself",
             "a different stream key",
+        )
+    if not (settings.pipeline_enabled or settings.ws_enabled):
+        raise ConfigError(
+            "PIPELINE_ENABLED",
+            "false",
+            "with WS_ENABLED=false too, the instance would do nothing",
+            "true, or WS_ENABLED=true for a broadcast-only instance",
         )
     if settings.cluster:
         _check_slots(settings)

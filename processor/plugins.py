@@ -71,7 +71,9 @@ def default_factories(settings: Settings) -> list[PluginFactory]:
     """The plug-ins a configured daemon runs (imported here: they import this module).
 
     The broadcast sends the domain's derived attributes, so it is built after the domain
-    (the app calls factories in order) and takes the domain plug-in's enricher.
+    (the app calls factories in order) and takes the domain plug-in's enricher. The
+    domain's crossings go to every instance's broadcast through the timing feed (a Redis
+    stream, ``processor.broadcast.timing_feed``), not to this instance's hub directly.
     """
     factories: list[PluginFactory] = []
     built_domain: list[DomainPlugin] = []
@@ -84,18 +86,28 @@ def default_factories(settings: Settings) -> list[PluginFactory]:
             return plugin
 
         factories.append(make_domain)
+    if settings.domain_enabled and settings.pipeline_enabled:
+        from processor.broadcast.timing_feed import TimingPublisher, timing_stream
+
+        def make_timing_feed(context: Context) -> Plugin:
+            feed = TimingPublisher(
+                context.streams,
+                timing_stream(settings.telemetry_stream),
+                context.log.bind(plugin="timing feed"),
+            )
+            built_domain[0].add_timing_sink(feed.announce)
+            return feed
+
+        factories.append(make_timing_feed)
     if settings.ws_enabled:
         from processor.broadcast.hub import no_attributes
         from processor.broadcast.plugin import broadcast_plugin
 
         def make_broadcast(context: Context) -> Plugin:
             domain = built_domain[0] if built_domain else None
-            plugin = broadcast_plugin(
+            return broadcast_plugin(
                 context, attributes=domain.enricher.derive if domain else no_attributes
             )
-            if domain is not None:
-                domain.add_timing_sink(plugin.announce_timing)
-            return plugin
 
         factories.append(make_broadcast)
     return factories

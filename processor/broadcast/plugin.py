@@ -3,22 +3,23 @@
     BroadcastPlugin.run
     ├── roster keeper   entries x devices, reloaded every WS_ENTRIES_REFRESH_S
     ├── stream tail     XREAD of every record -> hub -> client outboxes
+    ├── timing tail     XREAD of <stream>:timing, every instance's crossings -> hub
     └── server          WebSocket on WS_HOST:WS_PORT/ws
 
-It hands the writer nothing (no enricher, no observers): it reads the stream itself,
-so it sees every record on every instance. ``port`` holds the bound WebSocket port once
-``run`` has started (tests bind port 0 and read it here).
+It hands the writer nothing (no enricher, no observers): it reads the streams itself,
+so it sees every record and every crossing on every instance (``timing_feed``).
+``port`` holds the bound WebSocket port once ``run`` has started (tests bind port 0 and
+read it here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from processor.broadcast import frames
 from processor.broadcast.directus import Directus
 from processor.broadcast.handshake import AUTH_FRAME_TIMEOUT_S, Gatekeeper
 from processor.broadcast.hub import AttributeSource, Hub, no_attributes
@@ -28,29 +29,11 @@ from processor.broadcast.roster import RosterKeeper
 from processor.broadcast.server import Server
 from processor.broadcast.snapshot import Snapshots
 from processor.broadcast.tail import StreamTail
+from processor.broadcast.timing_feed import TimingTail, timing_stream
 from processor.core.observer import CommitObserver, Enricher
 
 if TYPE_CHECKING:  # processor.plugins imports this module to list the default plug-ins
-    from datetime import datetime
-
     from processor.plugins import Context
-
-
-class TimingAnnouncement(Protocol):
-    """A recorded crossing, as the race domain hands it over (duck-typed: no import)."""
-
-    @property
-    def event_id(self) -> int: ...
-    @property
-    def stage_id(self) -> int: ...
-    @property
-    def entry_id(self) -> int: ...
-    @property
-    def device_id(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def crossed_at(self) -> datetime: ...
 
 
 @attrs.define
@@ -71,21 +54,6 @@ class BroadcastPlugin:
     @property
     def observers(self) -> Sequence[CommitObserver]:
         return ()
-
-    def announce_timing(self, record: TimingAnnouncement) -> None:
-        """A crossing the race domain recorded: a ``timing`` frame to the event's clients."""
-        if self.hub is not None:
-            self.hub.publish_timing(
-                str(record.event_id),
-                frames.timing_frame(
-                    str(record.event_id),
-                    record.stage_id,
-                    record.entry_id,
-                    record.device_id,
-                    record.kind,
-                    record.crossed_at,
-                ),
-            )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         s, log = self.context.settings, self.context.log.bind(plugin=self.name)
@@ -112,6 +80,15 @@ class BroadcastPlugin:
                             burst=max(1, s.ws_outbox_max // 2),
                         ).run
                     )
+                await nursery.start(
+                    TimingTail(
+                        streams=self.context.streams,
+                        key=timing_stream(s.telemetry_stream),
+                        block_ms=s.block_ms,
+                        deliver=hub.publish_timing,
+                        log=log,
+                    ).run
+                )
                 gatekeeper = Gatekeeper(
                     directus=directus,
                     allowed_origins=s.ws_allowed_origins,

@@ -20,26 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import attrs
-import redis.exceptions as rexc
 import structlog
 import trio
 
-from processor.core import bridge
 from processor.core.backoff import Backoff
 from processor.core.codec import decode
 from processor.core.errors import PoisonRecord
 from processor.core.model import Position
 from processor.core.redis_io import RedisStreams, RedisUnavailable
-
-# Slack on top of the BLOCK time before a read counts as hung.
-_BLOCK_GRACE_S = 5.0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @attrs.define
@@ -101,23 +91,4 @@ class StreamTail:
 
     async def _read(self, starts: dict[str, str]) -> list[tuple[str, str, dict[bytes, bytes]]]:
         """(key, entry id, fields) of what arrived after ``starts``, shard after shard."""
-        try:
-            with trio.fail_after(self.block_ms / 1000 + _BLOCK_GRACE_S):
-                reply: Any = await bridge.call(
-                    self.streams.client.xread,
-                    dict[Any, Any](starts),
-                    count=self.count,
-                    block=self.block_ms,
-                )
-        except trio.TooSlowError as exc:
-            raise RedisUnavailable("XREAD did not return in time") from exc
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
-        if not reply:
-            return []
-        streams = reply.items() if isinstance(reply, dict) else reply
-        out: list[tuple[str, str, dict[bytes, bytes]]] = []
-        for key, raw in streams:
-            name = _text(key)
-            out.extend((name, _text(entry_id), dict(fields or {})) for entry_id, fields in raw)
-        return out
+        return await self.streams.read_after(starts, self.count, self.block_ms)

@@ -303,6 +303,40 @@ class RedisStreams:
     async def add(self, stream: str, fields: Fields) -> str:
         return _id(await self._call(self.client.xadd, stream, dict(fields)))
 
+    async def append(self, stream: str, entries: Sequence[Fields], maxlen: int) -> list[str]:
+        """XADD each entry (one pipelined round trip), keeping about ``maxlen`` entries."""
+        if not entries:
+            return []
+
+        async def send() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for fields in entries:
+                    pipe.xadd(stream, dict(fields), maxlen=maxlen, approximate=True)
+                return list(await pipe.execute())
+
+        return [_id(entry_id) for entry_id in await self._call(send)]
+
+    async def read_after(
+        self, starts: Mapping[str, str], count: int, block_ms: int
+    ) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        """Plain XREAD BLOCK (no group) of what arrived after ``starts`` (key -> last id):
+        (key, entry id, fields), key after key. Empty when nothing came within the block."""
+        reply: Any = await self._call(
+            self.client.xread,
+            dict[Any, Any](starts),
+            count=count,
+            block=block_ms,
+            deadline_s=block_ms / 1000 + _BLOCK_GRACE_S,
+        )
+        if not reply:
+            return []
+        streams = reply.items() if isinstance(reply, dict) else reply
+        return [
+            (_id(key), _id(entry_id), dict(fields or {}))
+            for key, raw in streams
+            for entry_id, fields in raw
+        ]
+
     async def delete(self, stream: str, ids: Sequence[str]) -> int:
         return int(await self._call(self.client.xdel, stream, *ids)) if ids else 0
 

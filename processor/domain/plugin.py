@@ -170,6 +170,9 @@ class TimingObserver:
 class DomainPlugin:
     name: str = "domain"
     refresh_s: float
+    # False on an instance without the write pipeline (PIPELINE_ENABLED=false): it keeps
+    # the definition for the IO mapping of its broadcast and times nothing.
+    timing: bool = True
     log: Log
     metrics: DomainMetrics
     loader: DomainStore
@@ -193,6 +196,8 @@ class DomainPlugin:
 
     @property
     def observers(self) -> Sequence[TimingObserver]:
+        if not self.timing:
+            return []
         return [TimingObserver(self.definitions, self._send, self._commits)]
 
     def add_timing_sink(self, sink: Callable[[TimingRecord], None]) -> None:
@@ -217,8 +222,9 @@ class DomainPlugin:
             while not await self.reload():
                 await backoff.wait()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._work)
-                await self._send.send(CatchUp())  # the worker is running: this cannot block
+                if self.timing:
+                    nursery.start_soon(self._work)
+                    await self._send.send(CatchUp())  # the worker runs: this cannot block
                 nursery.start_soon(self._refresh_loop)
                 task_status.started()
         finally:
@@ -276,7 +282,7 @@ class DomainPlugin:
             with trio.move_on_after(self.refresh_s):
                 await self._wake.wait()
             self._wake = trio.Event()
-            if await self.reload():
+            if await self.reload() and self.timing:
                 await self._send.send(CatchUp())
 
     async def _work(self) -> None:
@@ -366,6 +372,7 @@ def domain_plugin(context: Context) -> DomainPlugin:
     s = context.settings
     return DomainPlugin(
         refresh_s=s.domain_refresh_s,
+        timing=s.pipeline_enabled,
         log=context.log.bind(plugin="domain"),
         metrics=DomainMetrics.create(context.metrics.registry),
         loader=DomainStore(s.postgres_url, application_name="processor-domain-loader"),

@@ -138,6 +138,12 @@ async def start_app(nursery: trio.Nursery, settings: config.Settings, **plugin: 
     return Running(app, built[0], done)
 
 
+def ws_url(app: App) -> str:
+    """The ``/ws`` address of the app's broadcast plug-in (port 0 in tests: bound at start)."""
+    (broadcast,) = [p for p in app.plugins if isinstance(p, BroadcastPlugin)]
+    return f"ws://127.0.0.1:{broadcast.port}/ws"
+
+
 def cookie(token: str) -> list[tuple[bytes, bytes]]:
     return [(b"cookie", f"other=1; {COOKIE}={token}".encode())]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 import pytest
@@ -14,10 +14,9 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 
 from processor import config
 from processor.broadcast.frames import iso
-from processor.broadcast.plugin import BroadcastPlugin
 from tests import helpers
 from tests.broadcast.directus_stub import DirectusStub
-from tests.broadcast.live import Race, cookie, recv, send, start_app, store_fix, ws_settings
+from tests.broadcast.live import Race, cookie, recv, send, start_app, store_fix, ws_settings, ws_url
 from tests.helpers import make_position, publish, wait_for
 
 
@@ -313,8 +312,8 @@ async def test_positions_carry_the_io_mapping_s_named_attributes(
                 (model, io_id, name, scale, kind),
             )
     running = await helpers.start_app(nursery, ws_settings(settings, directus.url))
-    assert [p.name for p in running.app.plugins] == ["domain", "broadcast"]
-    url = f"ws://127.0.0.1:{cast(BroadcastPlugin, running.app.plugins[1]).port}/ws"
+    assert [p.name for p in running.app.plugins] == ["domain", "timing feed", "broadcast"]
+    url = ws_url(running.app)
     a, b, _ = race.devices
     store_fix(settings.postgres_url, make_position(a, 5, attributes={"239": 1, "66": 12000}))
 

@@ -127,3 +127,11 @@ def test_issue_variables_are_all_present() -> None:
         "HTTP_PORT",
         "LOG_LEVEL",
     } <= names
+
+
+def test_an_instance_with_neither_pipeline_nor_broadcast_is_refused() -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.load({"PIPELINE_ENABLED": "false", "WS_ENABLED": "false"})
+    assert info.value.variable == "PIPELINE_ENABLED"
+    assert "WS_ENABLED=false" in str(info.value)
+    assert not config.load({"PIPELINE_ENABLED": "false"}).pipeline_enabled

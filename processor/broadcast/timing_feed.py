@@ -1,0 +1,202 @@
+"""Timing crossings for every instance's clients: a Redis stream of timing frames.
+
+The race domain records a crossing on whichever instance timed the device (the consumer
+group splits records between instances, and a device's pass runs where its lock was
+taken), but every instance's WebSocket clients must see it. Handing it to the local hub
+only would show each client the share of crossings its own instance happened to time.
+So the domain's timing sink appends each crossing to ``<telemetry stream>:timing``
+(``TimingPublisher``; capped at about ``STREAM_MAXLEN`` entries) and every broadcast
+tails that stream with plain ``XREAD`` from its newest entry at start (``TimingTail``),
+as it tails positions. An instance that runs no domain, or no pipeline at all, still
+serves every crossing.
+
+A crossing can be announced twice: two instances recomputing the same device after a
+late fix each tell what they found. The tail passes a crossing on only when its time
+differs from the one it last passed for the same (entry, geofence).
+
+Announcements wait in a bounded buffer while Redis is away (the pipeline is stalled
+then too, so little accrues); beyond ``PENDING_MAX`` the oldest are dropped, counted and
+logged: results stay in ``timing_records`` either way, the stream only makes them live.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+import structlog
+import trio
+
+from processor.broadcast import frames
+from processor.core.backoff import Backoff
+from processor.core.observer import CommitObserver, Enricher
+from processor.core.redis_io import RedisStreams, RedisUnavailable
+
+STREAM_MAXLEN = 10_000
+PENDING_MAX = 10_000
+# Entries per XADD pipeline, and per XREAD.
+_CHUNK = 500
+# How long shutdown waits for announcements still buffered to reach Redis.
+_FLUSH_ON_EXIT_S = 1.0
+
+
+def timing_stream(telemetry_stream: str) -> str:
+    return f"{telemetry_stream}:timing"
+
+
+class TimingAnnouncement(Protocol):
+    """A recorded crossing, as the race domain hands it over (duck-typed: no import)."""
+
+    @property
+    def event_id(self) -> int: ...
+    @property
+    def stage_id(self) -> int: ...
+    @property
+    def entry_id(self) -> int: ...
+    @property
+    def geofence_id(self) -> int: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def crossed_at(self) -> datetime: ...
+
+
+def announcement_fields(record: TimingAnnouncement) -> dict[bytes, bytes]:
+    """One stream entry: the event, the finished frame, and what identifies the crossing."""
+    event_id = str(record.event_id)
+    frame = frames.timing_frame(
+        event_id,
+        record.stage_id,
+        record.entry_id,
+        record.device_id,
+        record.kind,
+        record.crossed_at,
+    )
+    return {
+        b"event_id": event_id.encode(),
+        b"crossing": f"{record.entry_id}:{record.geofence_id}".encode(),
+        b"crossed_at": frames.iso(record.crossed_at).encode(),
+        b"frame": frame.encode(),
+    }
+
+
+@attrs.define
+class TimingPublisher:
+    """A plug-in beside the domain: appends the crossings it announces to the stream."""
+
+    streams: RedisStreams
+    key: str
+    log: structlog.typing.FilteringBoundLogger
+    name: str = "timing feed"
+    dropped: int = 0
+    _pending: collections.deque[dict[bytes, bytes]] = attrs.field(
+        factory=lambda: collections.deque(maxlen=PENDING_MAX), init=False
+    )
+    _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
+
+    @property
+    def enricher(self) -> Enricher | None:
+        return None
+
+    @property
+    def observers(self) -> Sequence[CommitObserver]:
+        return ()
+
+    @property
+    def pending(self) -> int:
+        """Announcements not yet in the stream."""
+        return len(self._pending)
+
+    def announce(self, record: TimingAnnouncement) -> None:
+        """The domain's timing sink: synchronous, never blocks the domain's worker."""
+        if len(self._pending) == PENDING_MAX:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                self.log.warning("timing feed full: oldest announcements dropped", n=self.dropped)
+        self._pending.append(announcement_fields(record))
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await self._flush(Backoff(cap_s=2.0))
+        finally:
+            with trio.move_on_after(_FLUSH_ON_EXIT_S) as scope:
+                scope.shield = True
+                await self._flush(None)
+
+    async def _flush(self, backoff: Backoff | None) -> None:
+        """Send what is buffered; retry while Redis is away (``None``: try once)."""
+        while self._pending:
+            chunk = [self._pending[i] for i in range(min(_CHUNK, len(self._pending)))]
+            try:
+                await self.streams.append(self.key, chunk, STREAM_MAXLEN)
+            except RedisUnavailable as exc:
+                if backoff is None:
+                    self.log.warning("timing feed: unsent at shutdown", n=len(self._pending))
+                    return
+                if not backoff.attempt:
+                    self.log.warning("timing feed: redis unavailable", error=str(exc))
+                await backoff.wait()
+                continue
+            for _ in chunk:
+                self._pending.popleft()
+            if backoff is not None:
+                backoff.reset()
+
+
+@attrs.define
+class TimingTail:
+    """The broadcast's read of the timing stream: each crossing to the hub, once."""
+
+    streams: RedisStreams
+    key: str
+    block_ms: int
+    deliver: Callable[[str, str], None]  # (event id, frame text): ``Hub.publish_timing``
+    log: structlog.typing.FilteringBoundLogger
+    # Crossing time last passed on per (entry, geofence): the race's size bounds it.
+    _passed: dict[bytes, bytes] = attrs.field(factory=dict, init=False)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        backoff = Backoff(cap_s=2.0)
+        while True:
+            try:
+                last_id = await self.streams.newest_id(self.key) or "0-0"
+                break
+            except RedisUnavailable as exc:
+                self.log.warning("timing tail: redis unavailable", error=str(exc))
+                await backoff.wait()
+        task_status.started()
+        while True:
+            try:
+                entries = await self.streams.read_after({self.key: last_id}, _CHUNK, self.block_ms)
+            except RedisUnavailable as exc:
+                self.log.warning("timing tail: redis unavailable", error=str(exc))
+                await backoff.wait()
+                continue
+            backoff.reset()
+            for _, entry_id, fields in entries:
+                last_id = entry_id
+                self._pass_on(entry_id, fields)
+            await trio.lowlevel.checkpoint()
+
+    def _pass_on(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        try:
+            event_id = fields[b"event_id"].decode()
+            crossing, crossed_at = fields[b"crossing"], fields[b"crossed_at"]
+            frame = fields[b"frame"].decode()
+        except (KeyError, UnicodeDecodeError):
+            self.log.warning("timing tail: malformed entry skipped", id=entry_id)
+            return
+        if self._passed.get(crossing) == crossed_at:
+            return
+        self._passed[crossing] = crossed_at
+        self.deliver(event_id, frame)
