@@ -36,6 +36,12 @@ metrics (frames sent / coalesced, slow-client closes, hub hand-off delay) are re
 its ``/metrics`` around each step.
 JSON: ``bench/results/fanout.json`` (``--quick``: ``fanout_quick.json``).
 
+``--split`` runs the deployment that keeps fan-out out of the write pipeline's process:
+the pipeline instance with ``WS_ENABLED=false`` and a broadcast-only instance
+(``PIPELINE_ENABLED=false``) that the clients connect to (``fanout_split*.json``). The
+drains are the pipeline's; the broadcaster's CPU is reported beside it, and "CPU per
+frame" is both instances' together.
+
     python -m bench.fanout [--clients 500] [--events 20] [--rate 2000] [--seconds 20]
     python -m bench.fanout --quick       # 1 round, 5 s paced phases, 20,000-record backlog
 """
@@ -436,9 +442,12 @@ class Meter:
     backends: list[int]
     r: redis.Redis
     clients: ClientProcess | None = None
+    caster: ProcessorProcess | None = None  # --split: the broadcast-only instance
 
     def sample(self) -> dict[str, float]:
         out = _cpu([self.proc], self.backends, self.r)
+        if self.caster is not None:
+            out["broadcaster"] = cpu_seconds(self.caster.pid) or 0.0
         if self.clients is not None:
             out["clients"] = cpu_seconds(self.clients.pid) or 0.0
         out["bench"] = time.process_time()  # publisher + Directus stub thread
@@ -481,10 +490,15 @@ class Round:
     proc: ProcessorProcess
     stream: str
     group: str
-    http: str | None
+    http: str | None  # where the broadcast's metrics are: the broadcaster with --split
+    caster: ProcessorProcess | None = None
 
     def meter(self, clients: ClientProcess | None = None) -> Meter:
-        return Meter(self.proc, backend_pids(self.sb.url), self.sb.r, clients)
+        return Meter(self.proc, backend_pids(self.sb.url), self.sb.r, clients, self.caster)
+
+    def wait_idle(self) -> float:
+        waited = wait_idle(self.proc.pid)
+        return waited + (wait_idle(self.caster.pid) if self.caster is not None else 0.0)
 
     def drain(
         self, n: int, clients: ClientProcess | None = None, label: str = "drain"
@@ -493,7 +507,7 @@ class Round:
         sb = self.sb
         sb.truncate()
         fields, devices = self.feed.make(n, int(time.time() * 1000))
-        waited = wait_idle(self.proc.pid)
+        waited = self.wait_idle()
         meter, metrics0 = self.meter(clients), ws_metrics(self.http)
         if clients is not None:
             clients.command("window")
@@ -551,7 +565,7 @@ class Round:
         total = int(args.rate * args.seconds)
         per_event: Counter[str] = Counter()
         bias: list[int] = []
-        waited = wait_idle(self.proc.pid)
+        waited = self.wait_idle()
         meter, metrics0 = self.meter(clients), ws_metrics(self.http)
         if clients is not None:
             clients.command("window")
@@ -574,7 +588,7 @@ class Round:
             time.sleep(max(0.0, min(0.005, next_at - time.perf_counter())))
         publish_s = time.perf_counter() - started
         cpu = Meter.percent(cpu0, meter.sample())
-        rss = {"processor_mb": (rss_kb(self.proc.pid) or 0) / 1024}
+        rss = {"processor_mb": (rss_kb((self.caster or self.proc).pid) or 0) / 1024}
         bias.sort()
         out: dict[str, Any] = {
             "records": total,
@@ -604,7 +618,7 @@ class Round:
             out["other_frames"] = report["other_frames"]
             out["client_loop_lag_ms"] = report["loop_lag_ms"]
             out["latency"] = lat = latency_summary(report)
-            out["processor_cpu_s_until_delivered"] = cpu1["processor"] - cpu0["processor"]
+            out["processor_cpu_s_until_delivered"] = instances_cpu(cpu1) - instances_cpu(cpu0)
             log(
                 f"paced with clients: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
                 f"max {lat['max_ms']:.0f} ms, delivered {out['delivered']:.3%}, "
@@ -628,13 +642,24 @@ def one_round(
     extra: dict[str, str],
 ) -> dict[str, Any]:
     stream, group = sb.stream(f"fanout-{k}"), "bench"
-    proc = sb.start(stream, group, {"DIRECTUS_URL": stub_url} | extra, name=f"bench-{k + 1}")
+    env = {"DIRECTUS_URL": stub_url} | extra
+    caster = None
+    if args.split:
+        # The pipeline writes and times, a broadcast-only instance serves the clients.
+        proc = sb.start(stream, group, env | {"WS_ENABLED": "false"}, name=f"bench-{k + 1}")
+        caster = sb.start(
+            stream, group, env | {"PIPELINE_ENABLED": "false"}, name=f"bench-{k + 1}-ws"
+        )
+    else:
+        proc = sb.start(stream, group, env, name=f"bench-{k + 1}")
+    serving = caster or proc
     out: dict[str, Any] = {"round": k, "order": "clients last" if k % 2 == 0 else "clients first"}
     try:
         proc.wait_event("ready", 60)
-        port = int(proc.wait_event("websocket listening", 60)["port"])
-        http = proc.wait_event("http listening", 60).get("url")
-        rd = Round(sb, args, feed, event_of, event_ids, proc, stream, group, http)
+        serving.wait_event("ready", 60)
+        port = int(serving.wait_event("websocket listening", 60)["port"])
+        http = serving.wait_event("http listening", 60).get("url")
+        rd = Round(sb, args, feed, event_of, event_ids, proc, stream, group, http, caster)
         rd.drain(len(feed.imeis), label="warm-up")  # first sight of every device
         steps = ["drain", "paced", "clients"] if k % 2 == 0 else ["clients", "paced", "drain"]
         for step in steps:
@@ -643,7 +668,7 @@ def one_round(
             elif step == "paced":
                 out["paced_no_clients"] = rd.paced()
             else:
-                out["rss_before_clients_mb"] = (rss_kb(proc.pid) or 0) / 1024
+                out["rss_before_clients_mb"] = (rss_kb(serving.pid) or 0) / 1024
                 clients = ClientProcess.start(
                     port, event_ids, args.clients, deadline_s=600 + 4 * args.seconds
                 )
@@ -661,15 +686,19 @@ def one_round(
                     out["bye"] = clients.quit()
                 finally:
                     clients.kill()
-        out["processor_peak_rss_mb"] = (rss_kb(proc.pid, "VmHWM") or 0) / 1024
-        errors = proc.find("error")
-        warnings = proc.find("warning")
+        out["processor_peak_rss_mb"] = (rss_kb(serving.pid, "VmHWM") or 0) / 1024
+        procs = [proc] if caster is None else [proc, caster]
+        errors = [e for p in procs for e in p.find("error")]
+        warnings = [w for p in procs for w in p.find("warning")]
         out["processor_warnings"] = [w.get("event") for w in warnings][:20]
-        sb.stop(proc)
+        for p in procs:
+            sb.stop(p)
         if errors:
             raise BenchError(f"processor logged {len(errors)} errors")
     finally:
         proc.kill()
+        if caster is not None:
+            caster.kill()
         sb.r.delete(stream)
     a = out["drain_no_clients"]["records_per_s"]
     b = out["drain_clients"]["records_per_s"]
@@ -682,11 +711,16 @@ def one_round(
 # Report
 
 
+def instances_cpu(sample: dict[str, float]) -> float:
+    """The processor's CPU figure, plus the broadcast-only instance's with ``--split``."""
+    return sample["processor"] + sample.get("broadcaster", 0.0)
+
+
 def extra_cpu_per_frame_us(r: dict[str, Any]) -> float:
     """Processor CPU the clients cost per frame: CPU from the paced phase's start until the
     last frame arrived, minus what the same publishing cost with no client connected."""
     paced, alone = r["paced_clients"], r["paced_no_clients"]
-    baseline = alone["cpu_percent"]["processor"] / 100 * paced["publish_seconds"]
+    baseline = instances_cpu(alone["cpu_percent"]) / 100 * paced["publish_seconds"]
     frames = paced["frames_received"]
     return (
         (paced["processor_cpu_s_until_delivered"] - baseline) / frames * 1e6 if frames else math.nan
@@ -720,6 +754,7 @@ def summarise(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
         "cpu_us_per_frame": spread([extra_cpu_per_frame_us(r) for r in rounds]),
         "hub_handoff_mean_ms": s("paced_clients.broadcast.hub_handoff_mean_ms"),
         "cpu_client_process": s("paced_clients.cpu_percent.clients"),
+        "cpu_broadcaster": s("paced_clients.cpu_percent.broadcaster") if args.split else None,
         "cpu_postgres_clients": s("paced_clients.cpu_percent.postgres"),
         "rss_no_clients_mb": s("rss_before_clients_mb"),
         "rss_clients_mb": s("paced_clients.rss.processor_mb"),
@@ -773,6 +808,8 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, n_rounds: in
         ("XADD -> hub hand-off, mean", fmt_spread(t["hub_handoff_mean_ms"], " ms"),
          "processor_ws_fanout_seconds"),
         ("client process CPU", fmt_spread(t["cpu_client_process"], " %"), ""),
+        *([("broadcast-only instance CPU", fmt_spread(t["cpu_broadcaster"], " %"),
+            "--split: serves the clients")] if args.split else []),
         ("processor RSS, no clients", fmt_spread(t["rss_no_clients_mb"], " MB", 1), ""),
         (f"processor RSS, {args.clients} clients", fmt_spread(t["rss_clients_mb"], " MB", 1), ""),
         ("processor peak RSS (VmHWM)", fmt_spread(t["peak_rss_mb"], " MB", 1), ""),
@@ -812,7 +849,7 @@ def run(args: argparse.Namespace) -> int:
         "params": {
             k: getattr(args, k)
             for k in ("clients", "events", "devices", "rate", "seconds", "backlog", "rounds",
-                      "quick", "seed")
+                      "quick", "seed", "split")
         } | {"processor_env": extra},
         "rounds": rounds,
     }  # fmt: skip
@@ -849,6 +886,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, help="records per drain (50000, quick 20000)")
     parser.add_argument("--rounds", type=int, help="fresh processor per round (3, quick 1)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--split", action="store_true",
+                        help="the pipeline (WS_ENABLED=false) beside a broadcast-only "
+                        "instance (PIPELINE_ENABLED=false) serving the clients")  # fmt: skip
     parser.add_argument("--out", help="JSON (bench/results/fanout.json, quick fanout_quick.json)")
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -856,7 +896,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.seconds = args.seconds or (5.0 if q else 20.0)
     args.backlog = args.backlog or (20_000 if q else 50_000)
     args.rounds = args.rounds or (1 if q else 3)
-    args.out = args.out or str(RESULTS_DIR / ("fanout_quick.json" if q else "fanout.json"))
+    name = "fanout" + ("_split" if args.split else "") + ("_quick" if q else "")
+    args.out = args.out or str(RESULTS_DIR / f"{name}.json")
     if args.devices < args.events or args.clients < args.events:
         parser.error("--devices and --clients must be at least --events")
     install_sigterm()
