@@ -801,6 +801,7 @@ def phase_latency(
     log(f"latency phase: {total} records at {target_rate:,.0f} rec/s for {duration:g} s")
     ids: list[str] = []
     tick = 0.01
+    cpu_before = cpu_seconds(proc.pid) or 0.0
     started = time.perf_counter()
     while len(ids) < total:
         due = min(total, int((time.perf_counter() - started) * target_rate) + 1)
@@ -809,6 +810,7 @@ def phase_latency(
         next_at = started + (len(ids) / target_rate)
         time.sleep(max(0.0, min(tick, next_at - time.perf_counter())))
     publish_s = time.perf_counter() - started
+    cpu_percent = 100 * ((cpu_seconds(proc.pid) or 0.0) - cpu_before) / publish_s
     wait_drained(r, stream, group, total, alive=proc.alive)
 
     sent_ms: dict[tuple[str, datetime], int] = {}
@@ -836,10 +838,12 @@ def phase_latency(
         "p99_ms": percentile(latencies, 99),
         "max_ms": latencies[-1],
         "mean_ms": sum(latencies) / len(latencies),
+        # What a steady feed costs: the processor's CPU while it was published (READ_PACE_MS).
+        "processor_cpu_percent": cpu_percent,
     }
     log(
         f"latency p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-        f"max {result['max_ms']:.1f} ms"
+        f"max {result['max_ms']:.1f} ms, processor CPU {cpu_percent:.0f}%"
     )
     return result
 
@@ -966,6 +970,14 @@ def report_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{lat['target_records_per_s']:,.0f} rec/s (max {lat['max_ms']:.0f} ms)",
             )
         )
+        if "processor_cpu_percent" in lat:
+            rows.append(
+                (
+                    "CPU at that steady rate",
+                    f"processor {lat['processor_cpu_percent']:.0f}%",
+                    "percent of one core while the latency phase was published",
+                )
+            )
     if "peak_rss_mb" in e2e:
         rows.append(
             ("processor peak RSS", f"{e2e['peak_rss_mb']:.1f} MB", "VmHWM of the processor process")

@@ -52,6 +52,7 @@ from processor.core.migrate import apply_migrations
 from processor.core.model import Entry
 from processor.core.pg_io import PositionStore, PostgresUnavailable
 from processor.core.pg_probe import PostgresProbe
+from processor.core.read_pacing import ReadPacer
 from processor.core.redis_io import RedisStreams, RedisUnavailable
 from processor.core.retry import RedisRetry
 from processor.core.shutdown import Shutdown
@@ -347,6 +348,7 @@ class App:
                 shutdown=self.shutdown,
                 log=self.log,
                 retry=retry,
+                pacer=ReadPacer(s.read_pace_ms / 1000),
             ).run,
             entries_send,
             dead_send,

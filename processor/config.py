@@ -41,6 +41,7 @@ class Settings:
     consumer_name: str
     read_count: int
     block_ms: int
+    read_pace_ms: int
     batch_max: int
     batch_linger_ms: int
     channel_capacity: int
@@ -264,6 +265,16 @@ VARIABLES: tuple[Variable, ...] = (
         _int_range(1, 60_000),
         "an integer 1-60000",
         "How long one XREADGROUP may block waiting for entries.",
+    ),
+    Variable(
+        "READ_PACE_MS",
+        "read_pace_ms",
+        "10",
+        _int_range(0, 1_000),
+        "an integer 0-1000 (milliseconds)",
+        "After a read that got fewer than READ_COUNT entries, wait this long before the"
+        " next (consumer, broadcast tail): a steady feed is read in tens of entries per"
+        " call, not one per XADD. 0: read again at once.",
     ),
     Variable(
         "BATCH_MAX",

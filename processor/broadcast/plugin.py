@@ -31,6 +31,7 @@ from processor.broadcast.snapshot import Snapshots
 from processor.broadcast.tail import StreamTail
 from processor.broadcast.timing_feed import TimingTail, timing_stream
 from processor.core.observer import CommitObserver, Enricher
+from processor.core.read_pacing import ReadPacer
 
 if TYPE_CHECKING:  # processor.plugins imports this module to list the default plug-ins
     from processor.plugins import Context
@@ -78,6 +79,7 @@ class BroadcastPlugin:
                             publish=hub.publish,
                             log=log,
                             burst=max(1, s.ws_outbox_max // 2),
+                            pacer=ReadPacer(s.read_pace_ms / 1000),
                         ).run
                     )
                 await nursery.start(

@@ -29,6 +29,7 @@ from processor.core.backoff import Backoff
 from processor.core.codec import decode
 from processor.core.errors import PoisonRecord
 from processor.core.model import Position
+from processor.core.read_pacing import ReadPacer
 from processor.core.redis_io import RedisStreams, RedisUnavailable
 
 
@@ -47,6 +48,7 @@ class StreamTail:
     # a client's outbox (the plug-in uses half), so that one burst cannot fill the outbox
     # of a client that keeps up.
     burst: int = 1
+    pacer: ReadPacer = attrs.field(factory=lambda: ReadPacer(0.0))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         backoff = Backoff(cap_s=2.0)
@@ -61,12 +63,15 @@ class StreamTail:
                 await backoff.wait()
         task_status.started()
         while True:
+            await self.pacer.wait()
             try:
                 entries = await self._read(last_ids)
             except RedisUnavailable as exc:
                 self.log.warning("broadcast tail: redis unavailable", error=str(exc))
                 await backoff.wait()
                 continue
+            # One XREAD over several shards may return up to count entries of each.
+            self.pacer.read(len(entries), self.count * len(self.keys))
             backoff.reset()
             now = datetime.now(UTC)
             unyielded = 0

@@ -8,6 +8,9 @@ dead-lettered after ``DLQ_MAX_DELIVERIES`` instead of restarting it forever (a f
 block in Redis, but the loop runs in a read scope that shutdown cancels, and the bridge
 cancels the in-flight ``XREADGROUP`` with it: no new reads after the signal.
 
+Under a steady feed reads are spaced by ``READ_PACE_MS`` (``read_pacing``), so entries
+are read in tens per call instead of one per XADD.
+
 Backpressure: the write channel is bounded; when the writer is behind, ``send`` blocks
 and the consumer simply does not read, so entries wait in Redis, not in our memory.
 """
@@ -26,6 +29,7 @@ from processor.core.health import Readiness
 from processor.core.messages import DeadLetter
 from processor.core.metrics import Metrics
 from processor.core.model import Entry, RawEntry
+from processor.core.read_pacing import ReadPacer
 from processor.core.redis_io import RedisStreams
 from processor.core.retry import RedisRetry
 from processor.core.shutdown import Shutdown
@@ -102,6 +106,7 @@ class Consumer:
     shutdown: Shutdown
     log: structlog.typing.FilteringBoundLogger
     retry: RedisRetry
+    pacer: ReadPacer = attrs.field(factory=lambda: ReadPacer(0.0))
 
     async def run(
         self,
@@ -129,6 +134,7 @@ class Consumer:
     ) -> None:
         start = "0"  # own pending entries first, then new ones
         while True:
+            await self.pacer.wait()
             raw = await self.retry(
                 self.streams.read_group,
                 self.stream,
@@ -138,6 +144,7 @@ class Consumer:
                 self.read_count,
                 self.block_ms,
             )
+            self.pacer.read(len(raw), self.read_count)
             if start != ">":
                 if not raw:
                     start = ">"
