@@ -5,8 +5,14 @@ Measures, on the same rows and table in one run, rows/s for the candidate batch 
 - ``unnest text``: ``INSERT ... SELECT FROM unnest(<column arrays>) ON CONFLICT DO NOTHING
   RETURNING`` with psycopg's default (text) parameters, one statement per batch;
 - ``unnest binary``: the same statement with binary parameters;
-- ``copy staging``: the processor's own ``PositionStore.insert`` (binary COPY into a temp
-  table, then INSERT ... ON CONFLICT ... RETURNING, one transaction per batch).
+- ``copy staging``: the processor's own ``PositionStore.insert`` forced to stage (binary
+  COPY into a temp table, then INSERT ... ON CONFLICT ... RETURNING, one transaction per
+  batch): what a batch with a re-delivered row costs;
+- ``copy direct``: ``PositionStore.insert`` as the writer runs it on new rows: one binary
+  COPY straight into ``positions`` per batch.
+
+Besides rows/s and the client's CPU per row, the PostgreSQL backend's CPU per row (from
+``/proc``; the server must be on this machine).
 
     python -m bench.write_paths [--records 50000] [--batch 1000]
 """
@@ -20,6 +26,7 @@ import trio_asyncio  # noqa: F401
 
 import argparse
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -78,20 +85,33 @@ def measure(url: str, positions: list[Position], batch: int) -> dict[str, dict[s
                 url, positions, batch, lambda b, q=query: conn.execute(q, _columns(b)).fetchall()
             )
 
-    async def processor_path() -> dict[str, float]:
+    async def processor_path(direct: bool) -> dict[str, float]:
         async with open_bridge():
-            store = PositionStore(url)
+            paths: list[str] = []
+            store = PositionStore(url, on_path=paths.append, direct=direct)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("TRUNCATE positions")
+            await store.insert(positions[:1])  # connect; the backend's pid is known now
+            backend = (await store.session.connect()).info.backend_pid
+            pg0 = _backend_cpu_s(backend)
             started, cpu = time.perf_counter(), time.process_time()
-            for i in range(0, len(positions), batch):
+            for i in range(1, len(positions), batch):
                 await store.insert(positions[i : i + batch])
-            rates = _rates(len(positions), time.perf_counter() - started, time.process_time() - cpu)
+            n = len(positions) - 1
+            rates = _rates(n, time.perf_counter() - started, time.process_time() - cpu)
+            rates["postgres_cpu_us_per_row"] = (_backend_cpu_s(backend) - pg0) / n * 1e6
             await store.aclose()
+            assert set(paths) == {"direct" if direct else "staged"}, paths
             return rates
 
-    results["copy staging (processor)"] = trio.run(processor_path)
+    results["copy staging (processor)"] = trio.run(processor_path, False)
+    results["copy direct (processor)"] = trio.run(processor_path, True)
     return results
+
+
+def _backend_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -113,11 +133,15 @@ def main() -> None:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(
-        f"{'write path':<28}{'rows/s':>10}{'client CPU µs/row':>20}"
+        f"{'write path':<28}{'rows/s':>10}{'client CPU µs/row':>20}{'postgres CPU µs/row':>22}"
         f"   ({args.records} rows, {args.batch} per batch)"
     )
     for label, r in results.items():
-        print(f"{label:<28}{r['rows_per_s']:>10,.0f}{r['client_cpu_us_per_row']:>20.1f}")
+        pg = r.get("postgres_cpu_us_per_row")
+        print(
+            f"{label:<28}{r['rows_per_s']:>10,.0f}{r['client_cpu_us_per_row']:>20.1f}"
+            f"{'' if pg is None else f'{pg:.1f}':>22}"
+        )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps({"records": args.records, "batch": args.batch, "results": results}, indent=2)

@@ -148,7 +148,9 @@ class App:
 
     async def _run_services(self) -> None:
         s = self.settings
-        store = PositionStore(s.postgres_url)
+        store = PositionStore(
+            s.postgres_url, on_path=lambda path: self.metrics.write_paths.labels(path).inc()
+        )
         streams: RedisStreams | None = None
         # Nothing has been read before the pipeline runs, so there is nothing to drain: a
         # signal while start-up waits for a dependency ends the wait (a read scope) rather

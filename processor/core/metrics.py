@@ -59,6 +59,13 @@ def _build(registry: CollectorRegistry, stream: str) -> dict[str, object]:
             "Batch writes retried after a transient PostgreSQL error.",
             registry=registry,
         ),
+        "write_paths": Counter(
+            "processor_write_batches_total",
+            "Batches by write path: direct (COPY into positions), staged (COPY into staging,"
+            " INSERT ... ON CONFLICT), fallback (a direct COPY met a stored row, then staged).",
+            ["path"],
+            registry=registry,
+        ),
         "reconnects": Counter(
             "processor_reconnects_total",
             "Reconnections after a lost connection.",
@@ -126,7 +133,8 @@ def _build(registry: CollectorRegistry, stream: str) -> dict[str, object]:
     # Children that exist from the start, at 0: ``increase()`` over a series that appears
     # with its first event misses that event, and alerts are written on these.
     for name, values in (("rows", ("inserted", "duplicate", "failed")),
-                         ("reconnects", ("redis", "postgres"))):  # fmt: skip
+                         ("reconnects", ("redis", "postgres")),
+                         ("write_paths", ("direct", "staged", "fallback"))):  # fmt: skip
         family = families[name]
         assert isinstance(family, Counter)
         for value in values:
@@ -148,6 +156,7 @@ class Metrics:
     delivery_retries: Counter
     rehydrations: Counter
     write_retries: Counter
+    write_paths: Counter
     reconnects: Counter
     batch_latency: Histogram
     batch_size: Histogram

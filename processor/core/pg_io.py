@@ -13,6 +13,16 @@ unnest(<column arrays>)`` with psycopg's default text parameters reaches 11-13k 
 are equal within noise; COPY is kept because psycopg formats its rows in C as they
 stream, with no per-column arrays held in memory.
 
+Most batches hold no row that is already stored (re-deliveries come after a crash, a
+claim or an upstream resend), so the writer first tries the cheaper path: one binary
+``COPY`` straight into ``positions``, which inserts every row or, on the first row whose
+key exists (``UniqueViolation``), none; then the batch goes the staging way in a new
+transaction. Measured on 50k rows in batches of 1000 (``python -m bench.write_paths``):
+direct COPY ~140-150k rows/s at ~5.5 µs of PostgreSQL CPU per row, staging ~73-76k
+rows/s at ~11 µs. After a conflict the next ``STAGED_AFTER_CONFLICT`` batches are staged
+straight away: conflicts come in runs (a restart re-reading its pending entries, a claim),
+and each failed direct attempt costs a wasted COPY.
+
 The connection and the sorting of errors live in ``pg_session.PgSession``, shared with
 the plug-ins' stores: the writer retries ``PostgresUnavailable`` with backoff and
 bisects a batch on ``RowsRejected``; anything else is a bug or a broken schema and
@@ -21,12 +31,14 @@ propagates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import attrs
 import psycopg
+from psycopg import postgres, pq
+from psycopg.adapt import Dumper
 
 from processor.core.codec import attributes_json
 from processor.core.model import AttributeValue, Position
@@ -68,12 +80,21 @@ COLUMN_TYPES = (
     "text",
 )
 
+# The same columns COPYed straight into ``positions``: the JSON columns as jsonb.
+DIRECT_COLUMN_TYPES = tuple(
+    "jsonb" if name in ("attributes", "derived") else kind
+    for name, kind in zip(_COLUMNS.split(", "), COLUMN_TYPES, strict=True)
+)
+# Staged batches after a direct COPY met a stored row, before trying direct again.
+STAGED_AFTER_CONFLICT = 16
+
 CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS positions_staging (
     {", ".join(f"{c} {t}" for c, t in zip(_COLUMNS.split(", "), COLUMN_TYPES, strict=True))}
 ) ON COMMIT DELETE ROWS
 """
 COPY_STAGING = f"COPY positions_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+COPY_DIRECT = f"COPY positions ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 INSERT_FROM_STAGING = f"""
 INSERT INTO positions ({_COLUMNS})
 SELECT {_COLUMNS.replace("attributes", "attributes::jsonb").replace("derived", "derived::jsonb")}
@@ -152,13 +173,32 @@ def position_from_row(row: Sequence[Any]) -> Position:
     )
 
 
+class _JsonTextBinaryDumper(Dumper):
+    """Already serialised JSON (a str) as jsonb's binary form: version 1, then the text.
+
+    psycopg's own jsonb dumper serialises its argument, so a str would be stored as a
+    JSON string; registered by oid only, it serves the direct COPY's jsonb columns."""
+
+    format = pq.Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return b"\x01" + obj.encode()
+
+
 @attrs.define
 class PositionStore:
-    """The writer's PostgreSQL connection (and rehydration reads); see ``PgSession``."""
+    """The writer's PostgreSQL connection (and rehydration reads); see ``PgSession``.
+
+    ``on_path`` hears which write path each batch took (``direct``, ``staged``,
+    ``fallback``): the writer counts them in ``processor_write_batches_total``."""
 
     url: str
+    on_path: Callable[[str], None] = lambda path: None
+    direct: bool = True  # False: always stage (bench.write_paths compares the two)
     session: PgSession = attrs.field(init=False)
     _staging_generation: int = -1  # the connection generation that has the temp table
+    _staged_left: int = 0  # batches to stage before trying a direct COPY again
 
     def __attrs_post_init__(self) -> None:
         self.session = PgSession(self.url, "processor", WRITE_TIMEOUT_S)
@@ -182,9 +222,18 @@ class PositionStore:
             for p, d in zip(positions, derived or [None] * len(positions), strict=True)
         ]
         await self.session.connect()
+        direct = self.direct and self._staged_left == 0
+        if direct:
+            if await self.session.run(_copy_direct, rows):
+                self.on_path("direct")
+                return {(row[0], row[1]) for row in rows}
+            self._staged_left = STAGED_AFTER_CONFLICT
+        elif self._staged_left:
+            self._staged_left -= 1
         create = self._staging_generation != self.session.generation
         result = await self.session.run(_copy_insert, rows, create)
         self._staging_generation = self.session.generation
+        self.on_path("fallback" if direct else "staged")
         return {(device_id, ts) for device_id, ts in result}
 
     async def newest(self, device_ids: Sequence[str]) -> list[Position]:
@@ -200,6 +249,21 @@ async def _fetch_all(
     async with conn.cursor() as cur:
         await cur.execute(query, params)
         return await cur.fetchall()
+
+
+async def _copy_direct(conn: psycopg.AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> bool:
+    """COPY the batch into ``positions``: True if every row went in, False (nothing went
+    in) if one's key was already stored or appeared twice in the batch."""
+    try:
+        async with conn.transaction(), conn.cursor() as cur:
+            cur.adapters.register_dumper(None, _JsonTextBinaryDumper)
+            async with cur.copy(COPY_DIRECT) as copy:
+                copy.set_types(DIRECT_COLUMN_TYPES)
+                for row in rows:
+                    await copy.write_row(row)
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
 
 
 async def _copy_insert(
