@@ -34,7 +34,7 @@ FROM entries AS e JOIN devices AS d ON d.id = e.device_id
 NEWEST_VALID = """
 SELECT p.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.heading, p.speed,
        p.satellites, p.priority, p.event_io_id, p.fix_valid, p.attributes, p.received_at
-FROM unnest(%s::text[]) AS d(id)
+FROM unnest(%b::text[]) AS d(id)
 CROSS JOIN LATERAL (
     SELECT * FROM positions WHERE device_id = d.id AND fix_valid ORDER BY ts DESC LIMIT 1
 ) AS p

@@ -105,7 +105,7 @@ RETURNING device_id, ts
 
 NEWEST_POSITIONS = f"""
 SELECT {", ".join("p." + c for c in _POSITION_COLUMNS.split(", "))}
-FROM unnest(%s::text[]) AS d(id)
+FROM unnest(%b::text[]) AS d(id)
 CROSS JOIN LATERAL (
     SELECT * FROM positions WHERE device_id = d.id AND fix_valid ORDER BY ts DESC LIMIT 1
 ) AS p

@@ -35,10 +35,10 @@ from processor.domain.definition import EMPTY, RaceDefinition, build_definition
 from processor.domain.live import LiveEngine
 from processor.domain.store import DomainStore, TablesMissing
 
-_RECORDS = "SELECT entry_id, geofence_id, crossed_at FROM timing_records WHERE entry_id = ANY(%s)"
+_RECORDS = "SELECT entry_id, geofence_id, crossed_at FROM timing_records WHERE entry_id = ANY(%b)"
 _RESULTS = (
     "SELECT entry_id, stage_id, elapsed_ms, status, rank FROM stage_results"
-    " WHERE entry_id = ANY(%s)"
+    " WHERE entry_id = ANY(%b)"
 )
 _PAGE = """
 SELECT device_id, ts, attributes FROM positions
@@ -47,7 +47,7 @@ ORDER BY device_id, ts LIMIT %s
 """
 _SET_DERIVED = """
 UPDATE positions p SET derived = v.derived::jsonb
-FROM unnest(%s::text[], %s::timestamptz[], %s::text[]) AS v(device_id, ts, derived)
+FROM unnest(%b::text[], %b::timestamptz[], %b::text[]) AS v(device_id, ts, derived)
 WHERE p.device_id = v.device_id AND p.ts = v.ts
 """
 
