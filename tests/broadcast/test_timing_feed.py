@@ -51,15 +51,15 @@ async def test_each_crossing_reaches_the_tail_once_and_corrections_again(
     corrected = T0 + timedelta(milliseconds=250)
     publisher.announce(Crossing())
     publisher.announce(Crossing())  # told again by a second instance: not passed on
-    sync_redis.xadd(key, {"event_id": "7"})  # malformed: skipped, the tail goes on
-    publisher.announce(
-        Crossing(kind="finish", geofence_id=6, crossed_at=T0 + timedelta(seconds=60))
-    )
+    await wait_for(lambda: publisher.pending == 0, 5, what="first announcements sent")
+    for malformed in ({"event_id": "7"}, {"crossings": "[1"}, {"crossings": '[["7", 5]]'}):
+        sync_redis.xadd(key, malformed)  # skipped, the tail goes on
+    finish = Crossing(kind="finish", geofence_id=6, crossed_at=T0 + timedelta(seconds=60))
+    publisher.announce(finish)
     publisher.announce(Crossing(crossed_at=corrected))  # a late fix moved the crossing
     await wait_for(lambda: len(delivered) >= 3, 10, what="crossings delivered")
-    # All five entries are in the stream; the repeat (second) and the malformed one
-    # (third) came before the last delivered crossing, so they were read and skipped.
-    assert sync_redis.xlen(key) == 5
+    # The repeat and the malformed entries came before the last delivered crossing, so
+    # they were read and skipped.
     assert [(event, frame["kind"], frame["crossed_at"]) for event, frame in delivered] == [
         ("7", "start", "2026-06-01T09:00:00.000Z"),
         ("7", "finish", "2026-06-01T09:01:00.000Z"),
@@ -103,4 +103,4 @@ def test_the_buffer_is_bounded_and_drops_the_oldest() -> None:
         publisher.announce(Crossing(entry_id=i))
     assert publisher.pending == PENDING_MAX
     assert publisher.dropped == 5
-    assert publisher._pending[0][b"crossing"] == b"5:5"  # entries 0-4 were dropped
+    assert publisher._pending[0][1] == "5:5"  # entries 0-4 were dropped
