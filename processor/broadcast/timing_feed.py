@@ -40,7 +40,7 @@ from processor.core.redis_io import RedisStreams, RedisUnavailable
 
 STREAM_MAXLEN = 10_000
 PENDING_MAX = 10_000
-# Entries per XADD pipeline, and per XREAD.
+# Crossings per stream entry, and entries per XREAD.
 _CHUNK = 500
 # How long shutdown waits for announcements still buffered to reach Redis.
 _FLUSH_ON_EXIT_S = 1.0
@@ -100,7 +100,7 @@ class TimingPublisher:
     key: str
     log: structlog.typing.FilteringBoundLogger
     name: str = "timing feed"
-    dropped: int = 0
+    dropped: int = attrs.field(default=0, init=False)  # announcements lost to a full buffer
     _pending: collections.deque[Announcement] = attrs.field(
         factory=lambda: collections.deque(maxlen=PENDING_MAX), init=False
     )
