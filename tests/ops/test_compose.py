@@ -67,6 +67,7 @@ def test_the_stack_has_every_service_on_the_expected_images() -> None:
         "timescaledb": "timescale/timescaledb:latest-pg15",
         "directus": "directus/directus:11",
         "processor": "processor:dev",
+        "broadcast": "processor:dev",
         "simulator": "processor:dev",
         "prometheus": images["prometheus"],
         "grafana": images["grafana"],
@@ -121,6 +122,19 @@ def test_processor_runs_two_replicas_from_the_repository_dockerfile() -> None:
     for port in processor.get("ports", []):
         host = str(port).rsplit(":", 1)[0]
         assert "-" in host, f"processor port {port}: one host port cannot serve 2 replicas"
+
+
+def test_the_broadcast_instance_is_the_processor_without_its_pipeline() -> None:
+    all_services = services()
+    broadcast, processor = all_services["broadcast"], all_services["processor"]
+    env = {key: str(value) for key, value in broadcast["environment"].items()}
+    assert env == {**processor["environment"], "PIPELINE_ENABLED": "false"}
+    settings = config.load(env)
+    assert not settings.pipeline_enabled
+    assert settings.ws_enabled
+    for key in ("build", "command", "stop_signal", "stop_grace_period", "healthcheck"):
+        assert broadcast[key] == processor[key], key
+    assert set(broadcast["depends_on"]) == set(processor["depends_on"])
 
 
 def test_simulator_publishes_to_the_same_stream() -> None:
@@ -194,7 +208,8 @@ def test_prometheus_discovers_every_processor_replica() -> None:
     config = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "processor")
     (sd,) = job["dns_sd_configs"]
-    assert sd["names"] == ["processor"], "the compose service name resolves to every replica"
+    # A compose service name resolves to every replica of it.
+    assert sd["names"] == ["processor", "broadcast"]
     assert sd["type"] == "A"
     assert sd["port"] == 8080
 
