@@ -10,6 +10,8 @@ from __future__ import annotations
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from processor.core.batch_histogram import BatchHistogram
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -84,11 +86,11 @@ def _build(registry: CollectorRegistry, stream: str) -> dict[str, object]:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=registry,
         ),
-        "e2e_latency": Histogram(
+        "e2e_latency": BatchHistogram(
             "processor_end_to_end_seconds",
             "From XADD (entry id time) to the committed row.",
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
+            _LATENCY_BUCKETS,
+            registry,
         ),
         "lag": Gauge(
             "processor_group_lag_entries",
@@ -160,7 +162,7 @@ class Metrics:
     reconnects: Counter
     batch_latency: Histogram
     batch_size: Histogram
-    e2e_latency: Histogram
+    e2e_latency: BatchHistogram  # one observation per record: see batch_histogram
     lag: Gauge
     pending: Gauge
     dlq_length: Gauge

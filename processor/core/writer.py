@@ -84,14 +84,13 @@ class Writer:
         self.log.debug("written", inserted=n_inserted, duplicates=n_duplicate, failed=len(rejected))
 
         now = datetime.now(UTC)
-        now_ms = now.timestamp() * 1000
         for entry, outcome in zip(batch, outcomes, strict=True):
-            if not outcome.committed:
-                continue
-            self.states.observe(entry.position, now, new=outcome is Outcome.INSERTED)
-            self.metrics.e2e_latency.observe(
-                max(0.0, now_ms - entry_id_millis(entry.entry_id)) / 1000
-            )
+            if outcome.committed:
+                self.states.observe(entry.position, now, new=outcome is Outcome.INSERTED)
+        now_s = now.timestamp()
+        self.metrics.e2e_latency.observe_many(
+            max(0.0, now_s - entry_id_millis(e.entry_id) / 1000) for e in committed
+        )
         self.metrics.device_states.set(len(self.states))
         for observer in self.observers:
             await observer.committed(batch, outcomes)
