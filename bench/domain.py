@@ -12,7 +12,10 @@ throughput beyond 15%.
   (defaults) and off (``DOMAIN_ENABLED=false``), interleaved over ``--rounds`` rounds; the
   ratio is per round. With the domain on the bench also waits until every device's timing
   is written (``timing_progress`` at its last fix) and reports when, so a timing worker
-  that falls behind the writer shows.
+  that falls behind the writer shows;
+- **restart** (a deploy after the race): a new processor on the drained stream; how long
+  its start-up sweep takes until every entered device is recomputed or rebuilt from its
+  rows, its CPU, and the recomputes by reason.
 
 Prints a table; JSON: ``bench/results/domain.json``.
 
@@ -45,7 +48,7 @@ from bench.harness import (
     spread,
     write_json,
 )
-from bench.run import pg_connect
+from bench.run import cpu_seconds, pg_connect
 from processor.core.codec import encode
 from processor.core.model import Position
 from processor.domain.definition import RawRows, build_definition
@@ -216,6 +219,7 @@ def pipeline(sb: Sandbox, steps: int, rounds: int, env: dict[str, str]) -> dict[
     off: list[float] = []
     caught_up: list[float] = []
     recomputes: list[dict[str, float]] = []
+    restarts: list[dict[str, Any]] = []
     for round_ in range(rounds):
         log(f"pipeline round {round_ + 1}/{rounds}")
         with pg_connect(sb.url, autocommit=True) as conn:  # each run times from scratch
@@ -231,6 +235,7 @@ def pipeline(sb: Sandbox, steps: int, rounds: int, env: dict[str, str]) -> dict[
         recomputes.append(_recomputes(result["procs"][0]))
         for proc in result["procs"]:
             sb.stop(proc)
+        restarts.append(_restart(sb, result["stream"], env))
         sb.r.delete(result["stream"])
         on.append(result["records_per_s"])
         off.append(
@@ -247,7 +252,32 @@ def pipeline(sb: Sandbox, steps: int, rounds: int, env: dict[str, str]) -> dict[
         "ratios": ratios,
         "timing_caught_up_s": caught_up,
         "recomputes_by_reason": recomputes,
+        "restarts": restarts,
     }
+
+
+def _restart(sb: Sandbox, stream: str, env: dict[str, str]) -> dict[str, Any]:
+    """A deploy after the race: a new processor on the drained stream. Its start-up sweep
+    (every entered device) until every device is recomputed or rebuilt, and its CPU."""
+    proc = sb.start(stream, "bench", env, name="bench-restart")
+    try:
+        proc.wait_event("ready", 60)
+        cpu0, started = cpu_seconds(proc.pid) or 0.0, time.monotonic()
+        deadline = started + 300
+        while sum(_recomputes(proc).values()) < DEVICES:
+            if time.monotonic() > deadline:
+                raise SystemExit("the restart's sweep did not finish within 300 s")
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        out = {
+            "sweep_s": seconds,
+            "cpu_s": (cpu_seconds(proc.pid) or 0.0) - cpu0,
+            "recomputes_by_reason": _recomputes(proc),
+        }
+        sb.stop(proc)
+        return out
+    finally:
+        proc.kill()
 
 
 def main() -> int:
@@ -265,6 +295,7 @@ def main() -> int:
         piped = pipeline(sb, args.steps, args.rounds, parse_env(args.processor_env))
     ratio = spread(piped["ratios"])
     caught = spread(piped["timing_caught_up_s"])
+    restarts = piped["restarts"]
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     print_table(
         f"race domain cost: {hot['geofences']} geofences, {DEVICES} devices",
@@ -285,6 +316,11 @@ def main() -> int:
             ["recomputes (last round)", ", ".join(f"{k} {v:.0f}" for k, v in
                                                   (piped["recomputes_by_reason"] or [{}])[-1]
                                                   .items()) or "none", "by reason"],
+            ["restart: start-up sweep", fmt_spread(spread([r["sweep_s"] for r in restarts]),
+                                                   " s", 2),
+             "ready -> every entered device recomputed or rebuilt"],
+            ["restart: sweep CPU", fmt_spread(spread([r["cpu_s"] for r in restarts]), " s", 2),
+             ", ".join(f"{k} {v:.0f}" for k, v in restarts[-1]["recomputes_by_reason"].items())],
         ],
     )  # fmt: skip
     out = RESULTS_DIR / "domain.json"

@@ -26,8 +26,13 @@ and fed the stored fixes after it up to the newest new one: a read bounded by th
 (and other instances' untimed fixes), not by the device's history. New fixes at or before
 ``last_ts`` are not late if the row's ``timed`` equals the count of stored fixes up to
 ``last_ts``: then whoever wrote it read them (another instance's pass fed them with its
-own), and the rebuild only feeds what follows. A late fix (one not reflected), a
-definition sweep, a catch-up (it may find untimed fixes before ``last_ts``), the replay
+own), and the rebuild only feeds what follows. The worker's sweeps (``definition`` at
+start or after a reload, ``catch-up``) may meet stored fixes nobody timed, also before
+``last_ts`` (a crash between commit and timing): they rebuild only when ``timed`` equals
+the count of stored fixes up to ``last_ts``, and then feed every stored fix after it. So
+a restart with an unchanged definition restores each device from its rows instead of
+replaying its whole race. A late fix (one not reflected), a sweep that finds a fix
+untimed before ``last_ts``, a changed definition (the rows' mark differs), the replay
 tool's narrowed passes, and rows that do not fit the definition replay everything.
 """
 
@@ -45,6 +50,9 @@ from processor.domain.timing import DeviceTrack, Fix, replay
 
 # The reasons a recomputation may be a rebuild from stored rows (see the module docstring).
 REBUILDABLE = frozenset({"cold", "shared", "interleaved"})
+# The worker's sweeps: rebuilt too, but only once the row's ``timed`` count shows that no
+# stored fix up to its ``last_ts`` went untimed.
+SWEEPS = frozenset({"definition", "catch-up"})
 
 
 @attrs.frozen
@@ -313,14 +321,11 @@ class TimingPass:
         rows already reflect every stored fix up to it (then those fixes were timed by
         whoever read them, e.g. another instance's pass that fed its own and these)."""
         mark = self._marks.get(device_id)
+        if mark is None or mark.timed is None or not self._valid(mark):
+            return None
         fixes = self.incoming.get(device_id, [])
-        if (
-            reason not in REBUILDABLE | {"late"}
-            or mark is None
-            or mark.timed is None
-            or not self._valid(mark)
-            or not fixes
-            or fixes[0].ts > mark.last_ts
+        if reason not in SWEEPS and (
+            reason not in REBUILDABLE | {"late"} or not fixes or fixes[0].ts > mark.last_ts
         ):
             return None
         since, until = self.window_of(device_id)
@@ -361,8 +366,8 @@ class TimingPass:
         fixes = self.incoming.get(device_id, [])
         if mark is None or not self._valid(mark):
             return None
-        if fixes and fixes[0].ts <= mark.last_ts:
-            # Late, unless the rows already reflect every stored fix up to last_ts.
+        if self.reasons[device_id] in SWEEPS or (fixes and fixes[0].ts <= mark.last_ts):
+            # Only if the rows already reflect every stored fix up to last_ts.
             if cover is None or self._counts.get(device_id) != cover.count:
                 return None
         elif self.reasons[device_id] not in REBUILDABLE:
@@ -400,6 +405,10 @@ class TimingPass:
                 fed += 1
         mark = self._marks[device_id]
         self._timed[device_id] = None if mark.timed is None else mark.timed + fed
+        if self._rebuilds[device_id].upto is None and self.window is None:
+            # A sweep's rebuild read every stored fix after last_ts, and the rows cover
+            # the rest: like a replay, it saw every fix committed before the pass.
+            self.replayed.add(device_id)
         self.engine.tracks[device_id] = track
         self.reasons[device_id] = "rebuilt"
         update = track.take_changes()

@@ -103,7 +103,8 @@ class DomainMetrics:
                 "processor_domain_recomputes_total",
                 "Device timing rebuilt from stored positions, by reason (cold, late,"
                 " shared, interleaved, catch-up, definition; rebuilt: restored from the"
-                " stored timing rows instead of a cold, shared or interleaved replay).",
+                " stored timing rows instead of a replay, when they reflect every stored"
+                " fix up to the device's progress).",
                 ["reason"],
                 registry=registry,
             ),

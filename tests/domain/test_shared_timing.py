@@ -258,11 +258,40 @@ async def test_fixes_no_worker_timed_are_caught_up_without_a_new_fix(
         commit(url, imei, FIXES[6:])
         second.request_reload()
         await wait_for(lambda: ("finish", 9) in crossings(url, race), 10, what="catch-up")
-        assert recomputes(second, "catch-up") == 1
+        # Both sweeps (the definition's at start, the catch-up after the reload) found the
+        # rows complete up to their progress (``timed`` = the stored fixes up to it), so
+        # they restored the track from the rows and fed only the fixes after it.
+        reasons = ("definition", "catch-up", "rebuilt")
+        assert [recomputes(second, r) for r in reasons] == [0, 0, 2]
     live = await assert_equals_replay(url, race, capsys)
     assert {k: t for k, (t, _) in live["records"].items()} == EXPECTED_RECORDS
     assert live["visits"] == [(race["fences"][("zone", 0)], at(60), at(80), 47.0)]
     assert progress(url, imei) == [(FIXES[-1].ts,)]
+
+
+async def test_a_restart_replays_a_device_whose_late_fix_nobody_timed(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A late fix (7 s, before the progress at 20 s) was committed, then the instance died
+    before timing it. The next start must not restore the track from the rows (they do not
+    reflect that fix: ``timed`` 3, stored 4 up to 20 s) but replay: the start moves from
+    5 s to 7.5 s."""
+    race = insert_race(url)
+    imei = race["imei"]
+    first = plugin(url, "first")
+    assert await first.reload()
+    await first.process(LiveEngine(first.definitions.current), commit(url, imei, FIXES[:3]))
+    commit(url, imei, [fix(7, 13.998)])  # committed, never timed: kill -9
+    await first.loader.aclose()
+    await first.writer.aclose()
+    assert crossings(url, race)[("start", 0)] == at(5)
+
+    async with running(plugin(url, "second")) as second:
+        await wait_for(
+            lambda: crossings(url, race)[("start", 0)] == at(7.5), 10, what="the replay at start"
+        )
+        assert [recomputes(second, r) for r in ("definition", "rebuilt")] == [1, 0]
+    await assert_equals_replay(url, race, capsys)
 
 
 async def test_a_reload_times_fixes_stored_before_the_definition_knew_them(
