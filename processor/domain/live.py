@@ -14,7 +14,8 @@ A device is recomputed (the ``processor_domain_recomputes_total`` reasons) when
   this engine did: the row's ``updated_at`` is not the token the engine remembers;
 - ``interleaved``: more stored fixes lie between the track's last fix and the newest new
   one than the engine got: another instance committed fixes it has not timed yet;
-- ``definition`` / ``catch-up``: the worker's sweeps (see ``plugin``).
+- ``definition`` / ``catch-up``: the worker's sweeps (see ``plugin``);
+- ``backlog``: committed fixes the worker had no room to queue (``plugin.Commits``).
 Recomputation is idempotent, so an unnecessary one costs time, never correctness.
 
 A ``cold``, ``shared`` or ``interleaved`` device is ``rebuilt`` instead (the reason
@@ -52,7 +53,7 @@ from processor.domain.timing import DeviceTrack, Fix, replay
 REBUILDABLE = frozenset({"cold", "shared", "interleaved"})
 # The worker's sweeps: rebuilt too, but only once the row's ``timed`` count shows that no
 # stored fix up to its ``last_ts`` went untimed.
-SWEEPS = frozenset({"definition", "catch-up"})
+SWEEPS = frozenset({"definition", "catch-up", "backlog"})
 
 
 @attrs.frozen

@@ -11,7 +11,8 @@ a slow definition load never delays result writes; both are closed when ``run`` 
 known to be absent: then IO mapping runs on defaults and timing has nothing to do).
 
 Error handling: PostgreSQL outages are waited out with backoff (timing falls behind, the
-pipeline does not: the observer only blocks when the channel is full). A write
+pipeline does not: when the channel is full the observer notes the devices instead of
+waiting, and the worker catches them up from the stored rows). A write
 PostgreSQL refuses is logged and counted, and the devices involved are recomputed on
 their next record (or by a catch-up: their progress stayed behind). Bad Directus rows
 are skipped and counted. Anything else crashes the tree, as everywhere.
@@ -49,7 +50,9 @@ Log = structlog.typing.FilteringBoundLogger
 T = TypeVar("T")
 
 # Committed batches buffered for the worker. Small: when timing falls this far behind,
-# the writer waits (backpressure), rather than memory growing without bound.
+# later batches are not queued but their devices noted (``Commits.backlog``) and caught
+# up from the database, where their fixes are: memory stays bounded and the writer never
+# waits for timing.
 CHANNEL_BATCHES = 16
 # Batches the worker merges into one round of recomputes and one transaction.
 COALESCE_BATCHES = 8
@@ -78,6 +81,9 @@ class Commits:
     """
 
     count: int = 0
+    # Devices of committed chunks the worker had no room for: recomputed from the
+    # database (reason ``backlog``). Bounded by the devices the definition enters.
+    backlog: set[str] = attrs.field(factory=set)
 
 
 Work = Fixes | CatchUp
@@ -102,7 +108,7 @@ class DomainMetrics:
             recomputes=Counter(
                 "processor_domain_recomputes_total",
                 "Device timing rebuilt from stored positions, by reason (cold, late,"
-                " shared, interleaved, catch-up, definition; rebuilt: restored from the"
+                " shared, interleaved, catch-up, definition, backlog; rebuilt: restored from the"
                 " stored timing rows instead of a replay, when they reflect every stored"
                 " fix up to the device's progress).",
                 ["reason"],
@@ -164,7 +170,14 @@ class TimingObserver:
         ]
         if fresh:
             self.commits.count += 1
-            await self.send.send(Fixes(self.commits.count, fresh))
+            try:
+                self.send.send_nowait(Fixes(self.commits.count, fresh))
+            except trio.WouldBlock:
+                # Timing is behind the writer (a backlog drains): the rows are stored, so
+                # the worker catches these devices up from them instead of the writer
+                # waiting. A later chunk of the same device sees the gap anyway
+                # (``interleaved``); the backlog covers devices with none.
+                self.commits.backlog.update(p.device_id for p in fresh)
 
 
 @attrs.define(kw_only=True)
@@ -310,6 +323,10 @@ class DomainPlugin:
                     await self.process(engine, positions)
                 if any(isinstance(item, CatchUp) for item in items):
                     await self.catch_up(engine)
+                if self._commits.backlog:
+                    behind = sorted(self._commits.backlog)
+                    self._commits.backlog.clear()
+                    await self._recompute(engine, behind, "backlog")
 
     async def catch_up(self, engine: LiveEngine) -> None:
         """Recompute the devices with stored fixes newer than their timing progress."""

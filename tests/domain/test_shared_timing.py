@@ -10,6 +10,7 @@ only then handed to a worker, or never.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,8 +23,10 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from processor.core.migrate import apply_migrations
+from processor.core.model import Entry, Outcome
 from processor.core.pg_io import position_row
 from processor.domain import commands, live
+from processor.domain import plugin as live_plugin
 from processor.domain.live import LiveEngine
 from processor.domain.plugin import DomainMetrics, DomainPlugin
 from processor.domain.store import LOCK_DEVICE, TIMING_LOCK, DomainStore
@@ -479,3 +482,42 @@ async def test_stored_rows_that_do_not_fit_fall_back_to_the_full_replay(
         assert [recomputes(b, r) for r in ("cold", "shared", "rebuilt")] == [1, 0, 1]
         live_rows = await assert_equals_replay(url, race, capsys)
     assert live_rows["results"] == [(at(5), at(95), 90_000, 2, 2, "finished", 1)]
+
+
+async def test_fixes_the_worker_has_no_room_for_do_not_hold_up_the_writer(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the worker's queue full, a committed chunk is not queued (the writer would
+    wait for timing): its devices are noted and caught up from the stored rows. Here the
+    chunk is a late fix (7 s) no later chunk reveals and no catch-up finds (it is older
+    than the progress): only the backlog brings it, and the start moves to 7.5 s."""
+    race = insert_race(url)
+    imei = race["imei"]
+    commit(url, imei, FIXES)
+    async with running(plugin(url, "live")) as p:
+        await wait_for(lambda: crossings(url, race) == EXPECTED_RECORDS, 10, what="start sweep")
+        (observer,) = p.observers
+
+        async def committed(fixes: Sequence[Fix]) -> None:
+            positions = commit(url, imei, fixes)
+            entries = [Entry(f"{i + 1}-0", pos) for i, pos in enumerate(positions)]
+            with trio.fail_after(1):  # never waits for the worker
+                await observer.committed(entries, [Outcome.INSERTED] * len(entries))
+
+        holder = psycopg.connect(url)  # the lock lasts as long as its transaction
+        try:
+            holder.execute(LOCK_DEVICE, (TIMING_LOCK, imei))  # the worker's next pass waits
+            await committed([fix(101, 14.12)])
+            await wait_for(lambda: waiting_on_advisory_lock(url), 10, what="the worker waits")
+            with contextlib.suppress(trio.WouldBlock):
+                while True:
+                    p._send.send_nowait(live_plugin.CatchUp())  # fill the queue
+            await committed([fix(7, 13.998)])
+            assert p._commits.backlog == {imei}
+        finally:
+            holder.close()
+        await wait_for(
+            lambda: crossings(url, race)[("start", 0)] == at(7.5), 20, what="the backlog"
+        )
+        assert recomputes(p, "backlog") == 1
+    await assert_equals_replay(url, race, capsys)
