@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-import attrs
 import orjson
 import pytest
 import trio
@@ -15,22 +14,11 @@ import trio
 from processor.broadcast.timing_feed import TimingPublisher, TimingTail
 from processor.core.redis_io import RedisStreams
 from processor.logs import make_logger
+from tests.broadcast.test_timing_feed import T0, Crossing
 from tests.helpers import wait_for
 from tests.servers import RedisServer, redis_server
 
-T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 KEY = "test:telemetry:timing"
-
-
-@attrs.frozen
-class Crossing:
-    event_id: int = 7
-    stage_id: int = 3
-    entry_id: int = 11
-    geofence_id: int = 5
-    device_id: str = "356307042441013"
-    kind: str = "start"
-    crossed_at: datetime = T0
 
 
 @pytest.fixture
