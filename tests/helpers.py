@@ -17,6 +17,7 @@ from processor.app import App
 from processor.config import Settings
 from processor.core.codec import encode
 from processor.core.model import Position
+from processor.core.pg_io import position_row
 from processor.logs import make_logger
 from processor.plugins import PluginFactory
 
@@ -98,6 +99,26 @@ def count_rows(database_url: str, device_prefix: str = "") -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def store_positions(database_url: str, positions: Iterable[Position]) -> None:
+    """Put positions straight into ``positions``, as the writer commits them (no stream)."""
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO positions (device_id, ts, latitude, longitude, altitude, heading, speed,"
+            " satellites, priority, event_io_id, fix_valid, attributes, received_at, derived)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb)",
+            [position_row(p) for p in positions],
+        )
+
+
+def waiting_on_advisory_lock(database_url: str) -> bool:
+    """Whether some session waits for an advisory lock (a pass queued behind another)."""
+    with psycopg.connect(database_url) as conn:
+        [(waiting,)] = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchall()
+    return bool(waiting)
 
 
 def group_pending(client: redis.Redis, stream: str, group: str = "processor") -> int:

@@ -9,18 +9,18 @@ from typing import Any
 import attrs
 import orjson
 import psycopg
+import pytest
 import trio
-from trio_websocket import WebSocketConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from processor import config
 from processor.app import App
 from processor.broadcast.plugin import BroadcastPlugin, broadcast_plugin
-from processor.core.codec import attributes_json
 from processor.core.model import Position
 from processor.logs import make_logger
 from processor.plugins import Context
 from tests.broadcast.directus_stub import COOKIE
-from tests.helpers import wait_for
+from tests.helpers import store_positions, wait_for
 
 RACE_TABLES = Path(__file__).parents[2] / "schema" / "directus" / "race_tables.sql"
 
@@ -65,26 +65,7 @@ def make_race(database_url: str, devices: int = 3) -> Race:
 
 def store_fix(database_url: str, p: Position) -> None:
     """Put a fix straight into ``positions`` (as if written before this process started)."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO positions (device_id, ts, latitude, longitude, altitude, heading,"
-            " speed, satellites, priority, event_io_id, fix_valid, attributes)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
-            (
-                p.device_id,
-                p.ts,
-                p.latitude,
-                p.longitude,
-                p.altitude,
-                p.heading,
-                p.speed,
-                p.satellites,
-                p.priority,
-                p.event_io_id,
-                p.fix_valid,
-                attributes_json(p.attributes),
-            ),
-        )
+    store_positions(database_url, [p])
 
 
 def ws_settings(settings: config.Settings, directus_url: str, **changes: Any) -> config.Settings:
@@ -150,6 +131,14 @@ def cookie(token: str) -> list[tuple[bytes, bytes]]:
 
 async def send(ws: WebSocketConnection, **message: Any) -> None:
     await ws.send_message(orjson.dumps(message).decode())
+
+
+async def close_code(ws: WebSocketConnection) -> int:
+    """The code the server closes ``ws`` with; fails if a frame comes first."""
+    with pytest.raises(ConnectionClosed) as closed:
+        await recv(ws)
+    assert closed.value.reason is not None
+    return closed.value.reason.code
 
 
 async def recv(ws: WebSocketConnection, timeout: float = 10) -> dict[str, Any]:  # noqa: ASYNC109

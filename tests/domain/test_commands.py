@@ -10,12 +10,12 @@ import pytest
 from processor import config, exit_codes
 from processor.core.bridge import open_bridge
 from processor.core.migrate import apply_migrations
-from processor.core.pg_io import position_row
 from processor.domain import commands
 from processor.logs import make_logger
 from tests.domain.course import at, fix
 from tests.domain.model_store import position_of
 from tests.domain.test_app import LONS, insert_race, rows
+from tests.helpers import store_positions
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -33,13 +33,7 @@ async def test_replay_is_idempotent_and_backfill_fills_derived(
         await apply_migrations(url, log=make_logger("warning"))
     race = insert_race(url)
     positions = [position_of(race["imei"], fix(i * 10, lon)) for i, lon in enumerate(LONS)]
-    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO positions (device_id, ts, latitude, longitude, altitude, heading, speed,"
-            " satellites, priority, event_io_id, fix_valid, attributes, received_at, derived)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb)",
-            [position_row(p) for p in positions],
-        )
+    store_positions(url, positions)
 
     args = parse(["replay", "--event", str(race["event"])])
     assert await commands._run(args, settings) == exit_codes.OK

@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry
 
 from processor.core.migrate import apply_migrations
 from processor.core.model import Entry, Outcome
-from processor.core.pg_io import position_row
 from processor.domain import commands, live
 from processor.domain import plugin as live_plugin
 from processor.domain.live import LiveEngine
@@ -35,7 +34,7 @@ from processor.logs import make_logger
 from tests.domain.course import at, fix, line
 from tests.domain.model_store import position_of
 from tests.domain.test_app import LONS, insert_race, rows
-from tests.helpers import wait_for
+from tests.helpers import store_positions, wait_for, waiting_on_advisory_lock
 
 # Start at 5 s, checkpoints at 25 and 46.667 s, the zone 60-80 s, the finish at 95 s.
 FIXES = [fix(i * 10, lon, speed=40.0 + i) for i, lon in enumerate(LONS)]
@@ -67,13 +66,7 @@ def plugin(url: str, name: str) -> DomainPlugin:
 def commit(url: str, imei: str, fixes: Sequence[Fix]) -> list[Any]:
     """What the writer does before any observer hears of a batch: the rows are stored."""
     positions = [position_of(imei, f) for f in fixes]
-    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO positions (device_id, ts, latitude, longitude, altitude, heading, speed,"
-            " satellites, priority, event_io_id, fix_valid, attributes, received_at, derived)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s::jsonb)",
-            [position_row(p) for p in positions],
-        )
+    store_positions(url, positions)
     return positions
 
 
@@ -366,14 +359,6 @@ async def test_replay_waits_for_the_device_lock_and_records_progress(
     finally:
         worker.close()
         await store.aclose()
-
-
-def waiting_on_advisory_lock(url: str) -> bool:
-    with psycopg.connect(url) as conn:
-        [(waiting,)] = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        ).fetchall()
-    return bool(waiting)
 
 
 async def test_two_instances_timing_two_devices_at_once_equal_replay(

@@ -21,7 +21,7 @@ from processor.domain.store import (
 )
 from processor.logs import make_logger
 from tests.domain.course import at
-from tests.helpers import wait_for
+from tests.helpers import wait_for, waiting_on_advisory_lock
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "schema" / "directus" / "race_tables.sql"
 
@@ -103,7 +103,7 @@ async def test_concurrent_writers_of_one_stage_rank_it_right(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(write)
-            await wait_for(lambda: _waiting_on_advisory_lock(url), what="the store waits")
+            await wait_for(lambda: waiting_on_advisory_lock(url), what="the store waits")
             assert not done.is_set()
             other.commit()
         ranks = dict(await store.fetch("SELECT entry_id, rank FROM stage_results"))
@@ -111,11 +111,3 @@ async def test_concurrent_writers_of_one_stage_rank_it_right(
     finally:
         other.close()
         await store.aclose()
-
-
-def _waiting_on_advisory_lock(url: str) -> bool:
-    with psycopg.connect(url) as conn:
-        [(waiting,)] = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        ).fetchall()
-    return bool(waiting)
