@@ -6,14 +6,11 @@ the stream with plain ``XREAD BLOCK``, no group: nothing is created in Redis, no
 left behind on shutdown. It starts at the stream's newest entry as of startup (an
 explicit id, not ``$`` on every call, which would skip what arrives between two reads),
 decodes each record once and hands it to the hub. Poison records are skipped quietly:
-the pipeline dead-letters them.
+the pipeline dead-letters them. Reading, start ids and outages: ``follow.Follower``.
 
 Shards: one tail reads several stream keys in one ``XREAD`` (each from its own last id),
 which works on a single Redis; in a Redis Cluster the keys live in different slots, so
 the plug-in runs one tail per shard instead.
-
-Error handling: Redis being unavailable is retried with backoff from the last id seen,
-so a short outage loses nothing that Redis still holds.
 """
 
 from __future__ import annotations
@@ -25,12 +22,12 @@ import attrs
 import structlog
 import trio
 
-from processor.core.backoff import Backoff
+from processor.broadcast.follow import Follower
 from processor.core.codec import decode
 from processor.core.errors import PoisonRecord
 from processor.core.model import Position
 from processor.core.read_pacing import ReadPacer
-from processor.core.redis_io import RedisStreams, RedisUnavailable
+from processor.core.redis_io import RedisStreams
 
 
 @attrs.define
@@ -51,32 +48,17 @@ class StreamTail:
     pacer: ReadPacer = attrs.field(factory=lambda: ReadPacer(0.0))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        backoff = Backoff(cap_s=2.0)
-        last_ids: dict[str, str] = {}
-        while True:
-            try:
-                for key in self.keys:
-                    last_ids[key] = await self.streams.newest_id(key) or "0-0"
-                break
-            except RedisUnavailable as exc:
-                self.log.warning("broadcast tail: redis unavailable", error=str(exc))
-                await backoff.wait()
+        follower = Follower(
+            self.streams, self.keys, self.count, self.block_ms, self.log, "broadcast tail",
+            self.pacer,
+        )  # fmt: skip
+        await follower.start()
         task_status.started()
         while True:
-            await self.pacer.wait()
-            try:
-                entries = await self._read(last_ids)
-            except RedisUnavailable as exc:
-                self.log.warning("broadcast tail: redis unavailable", error=str(exc))
-                await backoff.wait()
-                continue
-            # One XREAD over several shards may return up to count entries of each.
-            self.pacer.read(len(entries), self.count * len(self.keys))
-            backoff.reset()
+            entries = await follower.read()
             now = datetime.now(UTC)
             unyielded = 0
-            for key, entry_id, fields in entries:
-                last_ids[key] = entry_id
+            for _, entry_id, fields in entries:
                 try:
                     position = decode(fields, now=now, future_tolerance_s=self.future_tolerance_s)
                 except PoisonRecord as exc:
@@ -93,7 +75,3 @@ class StreamTail:
                     await trio.lowlevel.checkpoint()
             if unyielded:
                 await trio.lowlevel.checkpoint()
-
-    async def _read(self, starts: dict[str, str]) -> list[tuple[str, str, dict[bytes, bytes]]]:
-        """(key, entry id, fields) of what arrived after ``starts``, shard after shard."""
-        return await self.streams.read_after(starts, self.count, self.block_ms)

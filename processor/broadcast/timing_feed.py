@@ -34,6 +34,7 @@ import structlog
 import trio
 
 from processor.broadcast import frames
+from processor.broadcast.follow import Follower
 from processor.core.backoff import Backoff
 from processor.core.observer import CommitObserver, Enricher
 from processor.core.redis_io import RedisStreams, RedisUnavailable
@@ -173,25 +174,13 @@ class TimingTail:
     _passed: dict[str, str] = attrs.field(factory=dict, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        backoff = Backoff(cap_s=2.0)
-        while True:
-            try:
-                last_id = await self.streams.newest_id(self.key) or "0-0"
-                break
-            except RedisUnavailable as exc:
-                self.log.warning("timing tail: redis unavailable", error=str(exc))
-                await backoff.wait()
+        follower = Follower(
+            self.streams, [self.key], _CHUNK, self.block_ms, self.log, "timing tail"
+        )
+        await follower.start()
         task_status.started()
         while True:
-            try:
-                entries = await self.streams.read_after({self.key: last_id}, _CHUNK, self.block_ms)
-            except RedisUnavailable as exc:
-                self.log.warning("timing tail: redis unavailable", error=str(exc))
-                await backoff.wait()
-                continue
-            backoff.reset()
-            for _, entry_id, fields in entries:
-                last_id = entry_id
+            for _, entry_id, fields in await follower.read():
                 self._pass_on(entry_id, fields)
             await trio.lowlevel.checkpoint()
 
