@@ -406,9 +406,10 @@ class TimingPass:
                 fed += 1
         mark = self._marks[device_id]
         self._timed[device_id] = None if mark.timed is None else mark.timed + fed
-        if self._rebuilds[device_id].upto is None and self.window is None:
+        if self._rebuilds[device_id].upto is None:
             # A sweep's rebuild read every stored fix after last_ts, and the rows cover
-            # the rest: like a replay, it saw every fix committed before the pass.
+            # the rest: like a replay (rebuilds only run in passes not narrowed to a window),
+            # it saw every fix committed before the pass.
             self.replayed.add(device_id)
         self.engine.tracks[device_id] = track
         self.reasons[device_id] = "rebuilt"
