@@ -420,6 +420,9 @@ def broadcast_delta(before: dict[str, float], after: dict[str, float]) -> dict[s
     handed = d("processor_ws_fanout_seconds_count")
     return {
         "frames_sent": d("processor_ws_frames_sent_total"),
+        "frames_per_write": d("processor_ws_frames_sent_total") / d("processor_ws_writes_total")
+        if d("processor_ws_writes_total")
+        else math.nan,
         "frames_coalesced": d("processor_ws_frames_coalesced_total"),
         "slow_clients_closed": d("processor_ws_slow_clients_closed_total"),
         "hub_handoffs": handed,
@@ -753,6 +756,7 @@ def summarise(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
         "frames_per_s": s("paced_clients.latency.frames_per_s"),
         "cpu_us_per_frame": spread([extra_cpu_per_frame_us(r) for r in rounds]),
         "hub_handoff_mean_ms": s("paced_clients.broadcast.hub_handoff_mean_ms"),
+        "frames_per_write": s("paced_clients.broadcast.frames_per_write"),
         "cpu_client_process": s("paced_clients.cpu_percent.clients"),
         "cpu_broadcaster": s("paced_clients.cpu_percent.broadcaster") if args.split else None,
         "cpu_postgres_clients": s("paced_clients.cpu_percent.postgres"),
@@ -807,6 +811,8 @@ def print_report(summary: dict[str, Any], args: argparse.Namespace, n_rounds: in
          "beyond the no-client cost"),
         ("XADD -> hub hand-off, mean", fmt_spread(t["hub_handoff_mean_ms"], " ms"),
          "processor_ws_fanout_seconds"),
+        ("frames per socket write", fmt_spread(t["frames_per_write"], "", 2),
+         "paced, with clients"),
         ("client process CPU", fmt_spread(t["cpu_client_process"], " %"), ""),
         *([("broadcast-only instance CPU", fmt_spread(t["cpu_broadcaster"], " %"),
             "--split: serves the clients")] if args.split else []),

@@ -135,8 +135,7 @@ class Client:
                 return
             self._in_flight = True
             try:
-                with trio.fail_after(self.send_deadline_s):
-                    await self._send(raw, batch)
+                await self._send(raw, batch)
             except trio.TooSlowError:
                 self.too_slow(f"a write took over {self.send_deadline_s:g} s to send")
                 self.close_with(TRY_AGAIN_LATER, self.close_reason)
@@ -147,13 +146,17 @@ class Client:
                 return
             self._in_flight = False
             self.metrics.frames_sent.inc(len(batch))
+            self.metrics.writes.inc()
 
     async def _send(self, raw: RawWriter | None, batch: list[TextFrame]) -> None:
+        """One write of the whole batch; ``trio.TooSlowError`` past the send deadline."""
         if raw is not None:
-            await raw.send(batch[0].data if len(batch) == 1 else b"".join(f.data for f in batch))
+            data = batch[0].data if len(batch) == 1 else b"".join(f.data for f in batch)
+            await raw.send(data, self.send_deadline_s)
             return
-        for frame in batch:
-            await self.ws.send_message(frame.text)
+        with trio.fail_after(self.send_deadline_s):
+            for frame in batch:
+                await self.ws.send_message(frame.text)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -14,6 +14,7 @@ class BroadcastMetrics:
     clients: Gauge
     subscriptions: Gauge
     frames_sent: Counter
+    writes: Counter
     frames_coalesced: Counter
     slow_closed: Counter
     auth_failures: Counter
@@ -30,6 +31,11 @@ class BroadcastMetrics:
             ),
             frames_sent=Counter(
                 "processor_ws_frames_sent_total", "Frames written to clients.", registry=registry
+            ),
+            writes=Counter(
+                "processor_ws_writes_total",
+                "Socket writes to clients (frames per write = frames sent / writes).",
+                registry=registry,
             ),
             frames_coalesced=Counter(
                 "processor_ws_frames_coalesced_total",

@@ -12,10 +12,20 @@ trio-websocket has no public way to write pre-encoded frames, so ``RawWriter`` r
 into it; that reliance is all in ``raw_writer``. The handshake, pings, pongs and the
 close handshake stay trio-websocket's, and a raw write holds trio-websocket's own send
 lock, so neither can ever cut into the other's frame.
+
+A write usually fits in the kernel's send buffer, and then it is done without yielding
+to the scheduler: the lock taken with ``acquire_nowait``, the bytes handed to the socket
+with one non-blocking ``os.write``. Going through ``async with lock`` and
+``SocketStream.send_all`` instead costs two scheduler round trips per write (each of
+them checkpoints), which at ~10,000 writes a second was most of the fan-out's CPU
+(bench/README.md, fan-out). Only what the socket does not take at once, or a write that
+finds the lock held, takes the awaiting path, under the send deadline.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import struct
 
 import attrs
@@ -67,20 +77,48 @@ class RawWriter:
     lock: trio.StrictFIFOLock
     stream: trio.abc.Stream
     protocol: WSConnection
+    # The socket for the non-blocking first attempt (None: a stream that is not a plain
+    # socket, e.g. TLS, always takes the awaiting path).
+    socket: trio.socket.SocketType | None = None
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, deadline_s: float = math.inf) -> None:
         """Write whole frames; ``ConnectionClosed`` once trio-websocket is closing.
 
-        The state is checked under the lock: trio-websocket marks the connection
-        closing before it queues a close frame, so no data frame follows a close.
+        Raises ``trio.TooSlowError`` if the part the socket did not take at once is
+        still unsent after ``deadline_s``: half a frame is then on the wire. The state
+        is checked under the lock: trio-websocket marks the connection closing before
+        it queues a close frame, so no data frame follows a close.
         """
-        async with self.lock:
+        try:
+            self.lock.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.fail_after(deadline_s):
+                await self.lock.acquire()
+        try:
             if self.ws.closed is not None or self.protocol.state is not ConnectionState.OPEN:
                 raise ConnectionClosed(self.ws.closed)
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ConnectionClosed(self.ws.closed) from None
+            sent = self._write_now(data)
+            if sent < len(data):
+                with trio.fail_after(deadline_s):
+                    await self.stream.send_all(memoryview(data)[sent:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed(self.ws.closed) from None
+        finally:
+            self.lock.release()
+
+    def _write_now(self, data: bytes) -> int:
+        """What the socket takes of ``data`` without blocking (its sockets are non-blocking)."""
+        # Asked each time, not kept: a closed socket says -1, and its old number may
+        # already belong to another connection.
+        fd = -1 if self.socket is None else self.socket.fileno()
+        if fd < 0:
+            return 0
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:  # reset, broken pipe (SIGPIPE is ignored in Python), closed
+            raise ConnectionClosed(self.ws.closed) from None
 
 
 def raw_writer(ws: WebSocketConnection) -> RawWriter | None:
@@ -99,4 +137,6 @@ def raw_writer(ws: WebSocketConnection) -> RawWriter | None:
     connection = protocol.connection
     if connection is None or connection._proto.extensions:
         return None
-    return RawWriter(ws, ws._stream_lock, ws._stream, protocol)
+    stream = ws._stream
+    socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+    return RawWriter(ws, ws._stream_lock, stream, protocol, socket)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -25,7 +26,7 @@ from trio_websocket import (
     serve_websocket,
 )
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import Connection
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -237,3 +238,109 @@ def test_raw_writer_is_none_when_an_extension_is_active() -> None:
     plain = Fake()
     plain._wsproto.connection = Connection(ConnectionType.SERVER, [])
     assert raw_writer(plain) is not None  # type: ignore[arg-type]
+
+
+# --- what the socket does not take at once ------------------------------------------------
+
+# Far more than a loopback socket's send and receive buffers hold together (a few MiB).
+BIG = [text_of(100_000) + f"{i:04d}" for i in range(200)]
+
+
+async def test_a_write_the_socket_takes_only_in_part_is_finished_before_anything_else(
+    nursery: trio.Nursery,
+) -> None:
+    """The rest of a partial write goes out under the lock: a ping waits, frames stay whole."""
+    async with (
+        served(nursery) as (port, accepted),
+        open_websocket_url(f"ws://127.0.0.1:{port}/ws", max_message_size=2**20) as client,
+    ):
+        ws = await accepted.receive()
+        raw = raw_writer(ws)
+        assert raw is not None
+        assert raw.socket is not None, "a plain socket stream: the non-blocking path is on"
+        data = b"".join(TextFrame.of(t).data for t in BIG)
+        written = trio.Event()
+        pinged = trio.Event()
+
+        async def write() -> None:
+            await raw.send(data, deadline_s=30)
+            written.set()
+
+        async def ping() -> None:
+            await ws.ping(b"during")
+            pinged.set()
+
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not written.is_set(), "the socket took everything: BIG is too small"
+        assert ws._stream_lock.locked()  # held across the awaited rest
+        nursery.start_soon(ping)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not pinged.is_set()
+        with trio.fail_after(30):
+            got = [await client.get_message() for _ in BIG]
+            await written.wait()
+            await pinged.wait()  # the client answered the ping sent after the frames
+        assert got == BIG
+
+
+async def test_a_write_that_stays_unsent_past_the_deadline_raises_too_slow(
+    nursery: trio.Nursery,
+) -> None:
+    async with (
+        served(nursery) as (port, accepted),
+        open_websocket_url(f"ws://127.0.0.1:{port}/ws", max_message_size=2**20),
+    ):
+        ws = await accepted.receive()
+        raw = raw_writer(ws)
+        assert raw is not None
+        data = b"".join(TextFrame.of(t).data for t in BIG)
+        started = trio.current_time()
+        with pytest.raises(trio.TooSlowError):  # the client reads nothing
+            await raw.send(data, deadline_s=0.3)
+        assert 0.3 <= trio.current_time() - started < 5
+        assert not ws._stream_lock.locked()  # released for the close that follows
+
+
+async def test_a_write_that_finds_the_lock_held_waits_for_it(nursery: trio.Nursery) -> None:
+    async with (
+        served(nursery) as (port, accepted),
+        open_websocket_url(f"ws://127.0.0.1:{port}/ws") as client,
+    ):
+        ws = await accepted.receive()
+        raw = raw_writer(ws)
+        assert raw is not None
+        sent = trio.Event()
+
+        async def write() -> None:
+            await raw.send(TextFrame.of("after the holder").data)
+            sent.set()
+
+        async with raw.lock:
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not sent.is_set()
+            await raw.stream.send_all(TextFrame.of("holder").data)  # the holder's write
+        with trio.fail_after(5):
+            await sent.wait()
+            assert [await client.get_message() for _ in range(2)] == ["holder", "after the holder"]
+
+
+async def test_a_write_to_a_socket_whose_peer_is_gone_raises_connection_closed() -> None:
+    """The non-blocking write's OSError (broken pipe, reset) means the connection closed.
+
+    A bare socket pair under the writer: with a real trio-websocket, its reader task
+    usually sees the peer go first and marks the connection closed, which hides this path.
+    """
+    ours, theirs = trio.socket.socketpair()
+    stream = trio.SocketStream(ours)
+    ws = SimpleNamespace(closed=None)
+    protocol = SimpleNamespace(state=ConnectionState.OPEN)
+    raw = RawWriter(ws, trio.StrictFIFOLock(), stream, protocol, ours)  # type: ignore[arg-type]
+    await raw.send(TextFrame.of("first").data)
+    assert client_messages(await theirs.recv(100)) == ["first"]
+    theirs.close()
+    with pytest.raises(ConnectionClosed):
+        await raw.send(TextFrame.of("second").data)
+    assert not raw.lock.locked()
+    await stream.aclose()
