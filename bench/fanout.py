@@ -15,7 +15,8 @@ rounds run the client part first, so neither side always sees the warmer process
 3. **paced, no clients**: ``--rate`` positions/s for ``--seconds``: the processor's CPU
    and RSS with nobody listening (the reference for the next step);
 4. **connect**: ``--clients`` connections from ``bench.fanout_clients``, a process of its
-   own (cookie auth, one ``subscribe`` each, client i -> event i mod E), all snapshots in;
+   own (cookie auth, one ``subscribe`` each, client i -> event i mod E), all snapshots in
+   (``--client-nice N`` runs it at a lower CPU priority than the processor);
 5. **paced, with clients**: the same rate and length. Latency per ``position`` frame =
    client receive wall time - the fix's ``ts``, which the publisher sets to its clock
    just before the XADD (same machine, same clock; the XADD id's millisecond part minus
@@ -40,7 +41,8 @@ JSON: ``bench/results/fanout.json`` (``--quick``: ``fanout_quick.json``).
 the pipeline instance with ``WS_ENABLED=false`` and a broadcast-only instance
 (``PIPELINE_ENABLED=false``) that the clients connect to (``fanout_split*.json``). The
 drains are the pipeline's; the broadcaster's CPU is reported beside it, and "CPU per
-frame" is both instances' together.
+frame" is both instances' together. The broadcaster runs with ``NICE=10``
+(``--caster-nice``), as OPERATIONS.md recommends where it shares CPUs with the pipeline.
 
     python -m bench.fanout [--clients 500] [--events 20] [--rate 2000] [--seconds 20]
     python -m bench.fanout --quick       # 1 round, 5 s paced phases, 20,000-record backlog
@@ -246,7 +248,7 @@ class ClientProcess:
 
     @classmethod
     def start(
-        cls, port: int, event_ids: Sequence[str], clients: int, deadline_s: float
+        cls, port: int, event_ids: Sequence[str], clients: int, deadline_s: float, nice: int = 0
     ) -> ClientProcess:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.fanout_clients", "--port", str(port),
@@ -256,6 +258,7 @@ class ClientProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )  # fmt: skip
         me = cls(proc)
         threading.Thread(target=me._read_stdout, daemon=True).start()
@@ -651,7 +654,10 @@ def one_round(
         # The pipeline writes and times, a broadcast-only instance serves the clients.
         proc = sb.start(stream, group, env | {"WS_ENABLED": "false"}, name=f"bench-{k + 1}")
         caster = sb.start(
-            stream, group, env | {"PIPELINE_ENABLED": "false"}, name=f"bench-{k + 1}-ws"
+            stream,
+            group,
+            env | {"PIPELINE_ENABLED": "false", "NICE": str(args.caster_nice)},
+            name=f"bench-{k + 1}-ws",
         )
     else:
         proc = sb.start(stream, group, env, name=f"bench-{k + 1}")
@@ -673,7 +679,11 @@ def one_round(
             else:
                 out["rss_before_clients_mb"] = (rss_kb(serving.pid) or 0) / 1024
                 clients = ClientProcess.start(
-                    port, event_ids, args.clients, deadline_s=600 + 4 * args.seconds
+                    port,
+                    event_ids,
+                    args.clients,
+                    deadline_s=600 + 4 * args.seconds,
+                    nice=args.client_nice,
                 )
                 try:
                     ready = clients.expect("ready", 120)
@@ -855,7 +865,7 @@ def run(args: argparse.Namespace) -> int:
         "params": {
             k: getattr(args, k)
             for k in ("clients", "events", "devices", "rate", "seconds", "backlog", "rounds",
-                      "quick", "seed", "split")
+                      "quick", "seed", "split", "caster_nice", "client_nice")
         } | {"processor_env": extra},
         "rounds": rounds,
     }  # fmt: skip
@@ -895,6 +905,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", action="store_true",
                         help="the pipeline (WS_ENABLED=false) beside a broadcast-only "
                         "instance (PIPELINE_ENABLED=false) serving the clients")  # fmt: skip
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=10,
+        metavar="N",
+        help="niceness of the client process (10: it stands in for browsers "
+        "on their own machines, so it yields the CPU; 0: same priority)",
+    )
+    parser.add_argument("--caster-nice", type=int, default=10, metavar="N",
+                        help="--split: NICE of the broadcast-only instance (10, as "
+                        "OPERATIONS.md recommends on a shared host; 0: same priority)")  # fmt: skip
     parser.add_argument("--out", help="JSON (bench/results/fanout.json, quick fanout_quick.json)")
     add_common_args(parser)
     args = parser.parse_args(argv)

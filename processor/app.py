@@ -116,6 +116,7 @@ class App:
             cluster=self.settings.cluster,
             group=self.settings.consumer_group,
             consumer=self.settings.consumer_name,
+            nice=os.nice(0),
         )
         try:
             async with open_bridge():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn, cast
@@ -79,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from processor.app import App
 
         _tune_gc()
+        if settings.nice:
+            os.nice(settings.nice)  # the "starting" line logs the niceness in effect
         return trio.run(App.create(settings, log).run)
     if args.command == "migrate":
         return trio.run(_migrate, settings, log)

@@ -71,7 +71,9 @@ class Settings:
     ws_ping_timeout_s: float
     ws_max_subscriptions: int
     ws_outbox_max: int
+    ws_read_pace_ms: int
     ws_entries_refresh_s: float
+    nice: int
 
     @property
     def dlq_stream_key(self) -> str:
@@ -272,9 +274,9 @@ VARIABLES: tuple[Variable, ...] = (
         "10",
         _int_range(0, 1_000),
         "an integer 0-1000 (milliseconds)",
-        "After a read that got fewer than READ_COUNT entries, wait this long before the"
-        " next (consumer, broadcast tail): a steady feed is read in tens of entries per"
-        " call, not one per XADD. 0: read again at once.",
+        "After a read that got fewer than READ_COUNT entries, the consumer waits this"
+        " long before the next: a steady feed is read in tens of entries per call, not"
+        " one per XADD. 0: read again at once.",
     ),
     Variable(
         "BATCH_MAX",
@@ -498,12 +500,32 @@ VARIABLES: tuple[Variable, ...] = (
         " the stream tail hands frames to clients in bursts of half of it.",
     ),
     Variable(
+        "WS_READ_PACE_MS",
+        "ws_read_pace_ms",
+        "30",
+        _int_range(0, 1_000),
+        "an integer 0-1000 (milliseconds)",
+        "READ_PACE_MS for the broadcast tail: under a steady feed clients get their"
+        " frames in bursts this far apart, each client's burst in one write (fewer,"
+        " larger writes: less CPU per frame, up to this much more latency). 0: at once.",
+    ),
+    Variable(
         "WS_ENTRIES_REFRESH_S",
         "ws_entries_refresh_s",
         "30",
         _float_range(0.05, 86_400),
         "seconds, 0.05-86400",
         "How often the event -> devices map (entries, devices) is reloaded.",
+    ),
+    Variable(
+        "NICE",
+        "nice",
+        "0",
+        _int_range(0, 19),
+        "an integer 0-19",
+        "Added to the process's CPU niceness at start. Where a broadcast-only instance"
+        " (PIPELINE_ENABLED=false) shares a host's CPUs with pipeline instances, 10 there"
+        " lets the pipeline take the CPU first when both want it (OPERATIONS.md, Roles).",
     ),
     Variable(
         "PANIC_DUMP_DIR",

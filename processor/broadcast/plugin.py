@@ -79,7 +79,7 @@ class BroadcastPlugin:
                             publish=hub.publish,
                             log=log,
                             burst=max(1, s.ws_outbox_max // 2),
-                            pacer=ReadPacer(s.read_pace_ms / 1000),
+                            pacer=ReadPacer(s.ws_read_pace_ms / 1000),
                         ).run
                     )
                 await nursery.start(

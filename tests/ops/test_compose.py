@@ -134,6 +134,8 @@ def test_the_broadcast_instance_is_the_processor_without_its_pipeline() -> None:
     assert settings.ws_enabled
     for key in ("build", "command", "stop_signal", "stop_grace_period", "healthcheck"):
         assert broadcast[key] == processor[key], key
+    # the pipeline has the larger CPU weight (Docker's default is 1024)
+    assert int(broadcast["cpu_shares"]) < int(processor.get("cpu_shares", 1024))
     assert set(broadcast["depends_on"]) == set(processor["depends_on"])
 
 

@@ -135,3 +135,18 @@ def test_an_instance_with_neither_pipeline_nor_broadcast_is_refused() -> None:
     assert info.value.variable == "PIPELINE_ENABLED"
     assert "WS_ENABLED=false" in str(info.value)
     assert not config.load({"PIPELINE_ENABLED": "false"}).pipeline_enabled
+
+
+@pytest.mark.parametrize("value", ["-1", "20", "low"])
+def test_nice_is_an_increment_of_0_to_19(value: str) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.load({"NICE": value})
+    assert info.value.variable == "NICE"
+    assert config.load({"NICE": "10"}).nice == 10
+    assert config.load({}).nice == 0
+
+
+def test_the_broadcast_tail_is_paced_on_its_own() -> None:
+    settings = config.load({"READ_PACE_MS": "5", "WS_READ_PACE_MS": "40"})
+    assert (settings.read_pace_ms, settings.ws_read_pace_ms) == (5, 40)
+    assert config.load({}).ws_read_pace_ms == 30
