@@ -12,7 +12,7 @@ snapshot.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -54,6 +54,10 @@ class Hub:
         if not subs:
             del self._subscribers[subscription.event_id]
         self.metrics.subscriptions.dec()
+
+    def entered(self) -> Collection[str]:
+        """Devices entered in some event: ``publish`` drops every other device's fix."""
+        return self.roster.current.by_device.keys()
 
     def subscribers(self, event_id: str) -> int:
         return len(self._subscribers.get(event_id, ()))

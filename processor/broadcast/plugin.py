@@ -80,6 +80,7 @@ class BroadcastPlugin:
                             log=log,
                             burst=max(1, s.ws_outbox_max // 2),
                             pacer=ReadPacer(s.ws_read_pace_ms / 1000),
+                            entered=hub.entered,
                         ).run
                     )
                 await nursery.start(

@@ -5,8 +5,10 @@ serves its own WebSocket clients and must show them every fix. So the broadcast 
 the stream with plain ``XREAD BLOCK``, no group: nothing is created in Redis, nothing is
 left behind on shutdown. It starts at the stream's newest entry as of startup (an
 explicit id, not ``$`` on every call, which would skip what arrives between two reads),
-decodes each record once and hands it to the hub. Poison records are skipped quietly:
-the pipeline dead-letters them. Reading, start ids and outages: ``follow.Follower``.
+decodes each record once and hands it to the hub. Records of devices that no event
+enters are skipped before decoding (``codec.peek_device_id``), and every record while
+no event enters any device. Poison records are skipped quietly: the pipeline
+dead-letters them. Reading, start ids and outages: ``follow.Follower``.
 
 Shards: one tail reads several stream keys in one ``XREAD`` (each from its own last id),
 which works on a single Redis; in a Redis Cluster the keys live in different slots, so
@@ -15,7 +17,7 @@ the plug-in runs one tail per shard instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 
 import attrs
@@ -23,7 +25,7 @@ import structlog
 import trio
 
 from processor.broadcast.follow import Follower
-from processor.core.codec import decode
+from processor.core.codec import decode, peek_device_id
 from processor.core.errors import PoisonRecord
 from processor.core.model import Position
 from processor.core.read_pacing import ReadPacer
@@ -46,6 +48,11 @@ class StreamTail:
     # of a client that keeps up.
     burst: int = 1
     pacer: ReadPacer = attrs.field(factory=lambda: ReadPacer(0.0))
+    # The devices whose fixes can be broadcast at all (entered in an event), asked once
+    # per read; None: every device. The others are skipped before decoding: the hub
+    # would drop them unseen, and decoding was most of the tail's cost, on every
+    # instance, for every record (bench/README.md, "skipped before decoding").
+    entered: Callable[[], Collection[str]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         follower = Follower(
@@ -56,9 +63,16 @@ class StreamTail:
         task_status.started()
         while True:
             entries = await follower.read()
+            wanted = None if self.entered is None else self.entered()
+            if wanted is not None and not wanted:
+                continue  # no event enters any device: nothing to broadcast
             now = datetime.now(UTC)
             unyielded = 0
             for _, entry_id, fields in entries:
+                if wanted is not None:
+                    device_id = peek_device_id(fields)
+                    if device_id is not None and device_id not in wanted:
+                        continue
                 try:
                     position = decode(fields, now=now, future_tolerance_s=self.future_tolerance_s)
                 except PoisonRecord as exc:

@@ -8,13 +8,18 @@ never yielding would let one read fill every outbox before any writer sent anyth
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
+import pytest
 import redis
 import trio
 
 from processor import config
+from processor.broadcast import tail as tail_module
 from processor.broadcast.tail import StreamTail
+from processor.core import codec
 from processor.core.codec import encode
+from processor.core.model import Position
 from processor.core.redis_io import RedisStreams
 from processor.logs import make_logger
 from tests.helpers import make_position, wait_for
@@ -67,3 +72,48 @@ async def test_the_tail_yields_once_per_burst_of_fixes(
     # bursts go by: at most 2 x BURST fixes between its turns (never yielding: all 500).
     assert max(runs) <= 2 * BURST, runs
     assert len(runs) <= FIXES // BURST + 1, runs  # and not a turn after every fix
+
+
+async def test_records_of_devices_no_event_enters_are_skipped_before_decoding(
+    settings: config.Settings,
+    sync_redis: redis.Redis,
+    bridge: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = settings.telemetry_stream
+    sync_redis.xadd(stream, encode(make_position("before", second=0)))  # type: ignore[arg-type]
+    decoded: list[str] = []
+
+    def counting_decode(fields: Any, **kwargs: Any) -> Position:
+        position = codec.decode(fields, **kwargs)
+        decoded.append(position.device_id)
+        return position
+
+    monkeypatch.setattr(tail_module, "decode", counting_decode)
+    entered: set[str] = set()
+    published: list[str] = []
+    client = await RedisStreams.connect(settings.redis_url)
+    try:
+        async with trio.open_nursery() as nursery:
+            tail = StreamTail(
+                streams=client,
+                keys=[stream],
+                count=1_000,
+                block_ms=100,
+                future_tolerance_s=600,
+                publish=lambda position, _id: published.append(position.device_id),
+                log=make_logger("warning"),
+                entered=lambda: entered,
+            )
+            await nursery.start(tail.run)
+            # No device entered anywhere: nothing is even looked at.
+            sync_redis.xadd(stream, encode(make_position("idle", second=1)))  # type: ignore[arg-type]
+            entered.add("in-race")
+            for device in ("spectator", "in-race", "spectator", "in-race"):
+                sync_redis.xadd(stream, encode(make_position(device, second=2)))  # type: ignore[arg-type]
+            await wait_for(lambda: len(published) == 2, what="the entered device's fixes")
+            nursery.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+    assert published == ["in-race", "in-race"]
+    assert decoded == ["in-race", "in-race"]  # the spectator's fixes never reached decode

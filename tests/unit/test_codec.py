@@ -642,3 +642,74 @@ def test_attributes_json_is_exact(attributes: dict[str, int | float | bytes]) ->
     for key, value in attributes.items():
         if isinstance(value, int):
             assert type(stored[key]) is int
+
+
+# --- peek_device_id: the device without decoding ------------------------------------------
+
+
+@PROPERTY
+@given(positions())
+def test_peek_reads_the_device_of_every_encoded_record(position: Position) -> None:
+    assert codec.peek_device_id(codec.encode(position)) == position.device_id
+
+
+def agrees_with_decode(fields: dict[bytes, bytes]) -> None:
+    """Whatever peek says is what decode would say, or decode rejects the record."""
+    peeked = codec.peek_device_id(fields)
+    if peeked is None:
+        return
+    try:
+        decoded = codec.decode(fields, now=NOW, future_tolerance_s=TOLERANCE_S)
+    except PoisonRecord:
+        return
+    assert decoded.device_id == peeked
+
+
+@PROPERTY
+@given(st.binary(max_size=200))
+def test_peek_of_arbitrary_bytes_never_raises(raw: bytes) -> None:
+    agrees_with_decode({b"payload": raw})
+
+
+@PROPERTY
+@given(
+    positions(),
+    st.lists(st.tuples(st.sampled_from(["device_id", "x", "attributes"]), json_values), max_size=3),
+    st.booleans(),
+)
+def test_peek_agrees_with_decode_on_mutated_payloads(
+    position: Position, changes: list[tuple[str, Any]], compact: bool
+) -> None:
+    payload = orjson.loads(codec.encode(position)[b"payload"])
+    for name, value in changes:
+        payload[name] = value
+    separators = (",", ":") if compact else (", ", ": ")
+    agrees_with_decode({b"payload": json.dumps(payload, separators=separators).encode()})
+
+
+GOOD = b'{"device_id":"356307042441013","timestamp":"2026-01-01T00:00:00Z"}'
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (GOOD.replace(b"{", b'{"device_id":"other",', 1), "a duplicate key: JSON keeps the last"),
+        (GOOD.replace(b'"device_id":', b'"device_id": '), "not the compact form"),
+        (GOOD.replace(b"3563", b"\\u0033563"), "an escape in the value"),
+        (GOOD.replace(b'"device_id":"356307042441013"', b'"device_id":356'), "not a string"),
+        (GOOD.replace(b"356307042441013", b"3" * 21), "too long"),
+    ],
+)
+def test_peek_gives_up_where_a_byte_search_could_be_wrong(raw: bytes, why: str) -> None:
+    assert codec.peek_device_id({b"payload": GOOD}) == "356307042441013"
+    assert codec.peek_device_id({b"payload": raw}) is None, why
+
+
+def test_a_peeked_device_that_is_not_the_records_own_is_poison_to_decode() -> None:
+    """Only a nested key is found: the reader skips or decodes it, and decode rejects it."""
+    fields = {b"payload": b'{"attributes":{"1":{"device_id":"x"}}}'}
+    assert codec.peek_device_id(fields) == "x"
+    with pytest.raises(PoisonRecord):
+        codec.decode(fields, now=NOW, future_tolerance_s=TOLERANCE_S)
+    assert codec.peek_device_id({}) is None
+    assert codec.peek_device_id({b"payload": b'{"device_id":"abc'}) is None
