@@ -8,6 +8,7 @@ never yielding would let one read fill every outbox before any writer sent anyth
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,6 +28,21 @@ from tests.helpers import make_position, wait_for
 FIXES, BURST = 500, 100
 
 
+def tail_of(
+    client: RedisStreams, stream: str, publish: Callable[[Position, str], None], **options: Any
+) -> StreamTail:
+    return StreamTail(
+        streams=client,
+        keys=[stream],
+        count=1_000,
+        block_ms=100,
+        future_tolerance_s=600,
+        publish=publish,
+        log=make_logger("warning"),
+        **options,
+    )
+
+
 async def test_the_tail_yields_once_per_burst_of_fixes(
     settings: config.Settings, sync_redis: redis.Redis, bridge: None
 ) -> None:
@@ -44,16 +60,7 @@ async def test_the_tail_yields_once_per_burst_of_fixes(
     client = await RedisStreams.connect(settings.redis_url)
     try:
         async with trio.open_nursery() as nursery:
-            tail = StreamTail(
-                streams=client,
-                keys=[stream],
-                count=1_000,
-                block_ms=100,
-                future_tolerance_s=600,
-                publish=lambda _position, _id: seen.append(turns),
-                log=make_logger("warning"),
-                burst=BURST,
-            )
+            tail = tail_of(client, stream, lambda _position, _id: seen.append(turns), burst=BURST)
             await nursery.start(tail.run)
             nursery.start_soon(writer_stand_in)
             # One MULTI: the tail's next XREAD returns all of them in one reply.
@@ -95,14 +102,10 @@ async def test_records_of_devices_no_event_enters_are_skipped_before_decoding(
     client = await RedisStreams.connect(settings.redis_url)
     try:
         async with trio.open_nursery() as nursery:
-            tail = StreamTail(
-                streams=client,
-                keys=[stream],
-                count=1_000,
-                block_ms=100,
-                future_tolerance_s=600,
-                publish=lambda position, _id: published.append(position.device_id),
-                log=make_logger("warning"),
+            tail = tail_of(
+                client,
+                stream,
+                lambda position, _id: published.append(position.device_id),
                 entered=lambda: entered,
             )
             await nursery.start(tail.run)
