@@ -50,8 +50,8 @@ class StreamTail:
     pacer: ReadPacer = attrs.field(factory=lambda: ReadPacer(0.0))
     # The devices whose fixes can be broadcast at all (entered in an event), asked once
     # per read; None: every device. The others are skipped before decoding: the hub
-    # would drop them unseen, and decoding was most of the tail's cost, on every
-    # instance, for every record (bench/README.md, "skipped before decoding").
+    # would drop them unseen, and every instance's tail reads every record of the
+    # stream (bench/README.md, "Broadcast tail: ... skipped before decoding").
     entered: Callable[[], Collection[str]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
