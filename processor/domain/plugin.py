@@ -28,6 +28,7 @@ every device of the new definition (stored fixes that were never timed against i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -58,6 +59,13 @@ CHANNEL_BATCHES = 16
 COALESCE_BATCHES = 8
 # Devices a catch-up recomputes per transaction: bounds how long it holds their locks.
 CATCH_UP_DEVICES = 8
+# While the writer writes full batches (a backlog drains), timing waits for it: the
+# chunks' devices are noted and caught up from the database once a batch is not full,
+# or after this long at the latest (then the worker has a turn), so even a feed that
+# never lets up is timed.
+DEFER_UNDER_BACKLOG_S = 2.0
+# How often waiting timing work looks whether the backlog is drained.
+DEFER_POLL_S = 0.05
 
 
 @attrs.frozen
@@ -81,9 +89,43 @@ class Commits:
     """
 
     count: int = 0
-    # Devices of committed chunks the worker had no room for: recomputed from the
-    # database (reason ``backlog``). Bounded by the devices the definition enters.
+    # Devices of committed chunks the worker had no room for, or that came while a
+    # backlog drained: recomputed from the database (reason ``backlog``). Bounded by the
+    # devices the definition enters.
     backlog: set[str] = attrs.field(factory=set)
+    # When the current run of full batches began to be deferred (None: not deferring).
+    deferring_since: float | None = None
+    # Set when a deferral ran its full length: nothing is deferred until the worker has
+    # finished one round of work (``DomainPlugin._work``).
+    worker_turn: bool = False
+
+    def defer(self, batch: int, batch_max: int) -> bool:
+        """Whether timing should wait with a chunk from a batch of this size."""
+        if not batch_max or batch < batch_max:
+            self.deferring_since = None
+            return False
+        if self.worker_turn:
+            return False
+        now = trio.current_time()
+        if self.deferring_since is None:
+            self.deferring_since = now
+        elif now - self.deferring_since >= DEFER_UNDER_BACKLOG_S:
+            self.give_turn()
+            return False
+        return True
+
+    def give_turn(self) -> None:
+        self.deferring_since = None
+        self.worker_turn = True
+
+    async def wait_for_turn(self) -> None:
+        """Timing work waits while a backlog drains, at most ``DEFER_UNDER_BACKLOG_S``."""
+        while not self.worker_turn and (since := self.deferring_since) is not None:
+            remaining = since + DEFER_UNDER_BACKLOG_S - trio.current_time()
+            if remaining <= 0:
+                self.give_turn()
+                return
+            await trio.sleep(min(DEFER_POLL_S, remaining))
 
 
 Work = Fixes | CatchUp
@@ -153,11 +195,19 @@ class TimingObserver:
     """Hands newly inserted fixes that matter for timing to the worker.
 
     Duplicates are skipped: their first delivery was processed already.
+
+    A full batch (``batch_max`` records) means the writer is draining a backlog: then
+    the worker, which shares the writer's thread, is not handed the chunk and its
+    other work (sweeps) waits, so the drain runs at the pipeline's own rate; the
+    devices are timed from the stored rows when the drain ends (the next batch that is
+    not full) or after ``DEFER_UNDER_BACKLOG_S``, when the worker gets a turn. A steady
+    feed writes partial batches and is timed live.
     """
 
     definitions: Definitions
     send: trio.MemorySendChannel[Work]
     commits: Commits
+    batch_max: int = 0  # 0: never defer
 
     async def committed(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
         entries_by_device = self.definitions.current.entries_by_device
@@ -170,6 +220,9 @@ class TimingObserver:
         ]
         if fresh:
             self.commits.count += 1
+            if self.commits.defer(len(entries), self.batch_max):
+                self.commits.backlog.update(p.device_id for p in fresh)
+                return
             try:
                 self.send.send_nowait(Fixes(self.commits.count, fresh))
             except trio.WouldBlock:
@@ -187,6 +240,8 @@ class DomainPlugin:
     # False on an instance without the write pipeline (PIPELINE_ENABLED=false): it keeps
     # the definition for the IO mapping of its broadcast and times nothing.
     timing: bool = True
+    # The writer's BATCH_MAX: a batch this full means a backlog (``TimingObserver``).
+    batch_max: int = 0
     log: Log
     metrics: DomainMetrics
     loader: DomainStore
@@ -212,7 +267,7 @@ class DomainPlugin:
     def observers(self) -> Sequence[TimingObserver]:
         if not self.timing:
             return []
-        return [TimingObserver(self.definitions, self._send, self._commits)]
+        return [TimingObserver(self.definitions, self._send, self._commits, self.batch_max)]
 
     def add_timing_sink(self, sink: Callable[[TimingRecord], None]) -> None:
         self._timing_sinks.append(sink)
@@ -302,9 +357,17 @@ class DomainPlugin:
     async def _work(self) -> None:
         engine = LiveEngine(EMPTY)  # the first item finds a new definition: a full sweep
         async with self._receive:
-            async for first in self._receive:
-                items = [first]
-                for _ in range(COALESCE_BATCHES - 1):
+            while True:
+                # A deferred backlog is timed at the latest this long after the last
+                # chunk, even if no chunk follows (the feed stopped after a drain).
+                wait_s = DEFER_UNDER_BACKLOG_S if self._commits.backlog else math.inf
+                items: list[Work] = []
+                with trio.move_on_after(wait_s):
+                    try:
+                        items.append(await self._receive.receive())
+                    except trio.EndOfChannel:
+                        return
+                for _ in range(COALESCE_BATCHES - 1 if items else 0):
                     try:
                         items.append(self._receive.receive_nowait())
                     except trio.WouldBlock:
@@ -327,6 +390,7 @@ class DomainPlugin:
                     behind = sorted(self._commits.backlog)
                     self._commits.backlog.clear()
                     await self._recompute(engine, behind, "backlog")
+                self._commits.worker_turn = False
 
     async def catch_up(self, engine: LiveEngine) -> None:
         """Recompute the devices with stored fixes newer than their timing progress."""
@@ -348,6 +412,7 @@ class DomainPlugin:
         have advanced tracks halfway, so its devices are forgotten: the retry (or, for a
         rejected write, their next chunk) recomputes them.
         """
+        await self._commits.wait_for_turn()
         backoff = Backoff(cap_s=5.0)
         while True:
             committed = self._commits.count  # every chunk up to it is in the database
@@ -391,6 +456,7 @@ def domain_plugin(context: Context) -> DomainPlugin:
     return DomainPlugin(
         refresh_s=s.domain_refresh_s,
         timing=s.pipeline_enabled,
+        batch_max=s.batch_max,
         log=context.log.bind(plugin="domain"),
         metrics=DomainMetrics.create(context.metrics.registry),
         loader=DomainStore(s.postgres_url, application_name="processor-domain-loader"),

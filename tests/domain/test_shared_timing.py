@@ -506,3 +506,35 @@ async def test_fixes_the_worker_has_no_room_for_do_not_hold_up_the_writer(
         )
         assert recomputes(p, "backlog") == 1
     await assert_equals_replay(url, race, capsys)
+
+
+async def test_a_drained_backlog_is_timed_from_the_stored_rows(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Full batches are only noted; the first partial one gets everything timed, and the
+    result is what a replay of the stored fixes gives."""
+    race = insert_race(url)
+    imei = race["imei"]
+    p = plugin(url, "drain")
+    p.batch_max = 3
+    async with running(p):
+        # The start sweep is over (nothing stored yet): it cannot time the fixes below.
+        await wait_for(lambda: recomputes(p, "definition") == 1, 5, what="the start sweep")
+        (observer,) = p.observers
+
+        async def committed(fixes: Sequence[Fix]) -> None:
+            positions = commit(url, imei, fixes)
+            entries = [
+                Entry(f"{f.ts.timestamp()}-0", pos) for f, pos in zip(fixes, positions, strict=True)
+            ]
+            await observer.committed(entries, [Outcome.INSERTED] * len(entries))
+
+        for i in range(0, 9, 3):
+            await committed(FIXES[i : i + 3])  # full batches: a backlog
+        assert p._commits.backlog == {imei}
+        assert p._receive.statistics().current_buffer_used == 0  # nothing handed over
+        assert crossings(url, race) == {}
+        await committed(FIXES[9:])  # a partial batch: drained
+        await wait_for(lambda: crossings(url, race) == EXPECTED_RECORDS, 10, what="timing")
+        assert recomputes(p, "backlog") + recomputes(p, "rebuilt") >= 1
+    await assert_equals_replay(url, race, capsys)
