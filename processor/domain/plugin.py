@@ -201,7 +201,9 @@ class TimingObserver:
     other work (sweeps) waits, so the drain runs at the pipeline's own rate; the
     devices are timed from the stored rows when the drain ends (the next batch that is
     not full) or after ``DEFER_UNDER_BACKLOG_S``, when the worker gets a turn. A steady
-    feed writes partial batches and is timed live.
+    feed writes partial batches and is timed live; one so fast that batches fill within
+    ``BATCH_LINGER_MS`` counts as a backlog too (ingestion is then near its limit, and
+    timing comes in turns, a couple of seconds late).
     """
 
     definitions: Definitions
