@@ -34,6 +34,7 @@ from bench.harness import (
     install_sigterm,
     machine,
     parse_env,
+    pg_connect,
     print_table,
     spread,
     write_json,
@@ -53,12 +54,17 @@ def run(args: argparse.Namespace) -> int:
             "rounds": args.rounds,
             "processor_env": env,
             "database": "ALTER DATABASE ... SET synchronous_commit = off",
+            "unlogged": args.unlogged,
         },
         "runs": runs,
     }
     with Sandbox.open(
         args.admin_url, args.redis_url, database_settings={"synchronous_commit": "off"}
     ) as sb:
+        if args.unlogged:
+            # The cheapest logged-free write path PostgreSQL has: no WAL for the table.
+            with pg_connect(sb.url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE positions SET UNLOGGED")
         _, fields = fleet_fields(args.records, args.devices)
         ceilings = [copy_ceiling(sb, args.records, args.devices)]
         for k in range(args.rounds):
@@ -108,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     print_table(
-        f"scaling: {args.records:,} records, {args.devices:,} devices, synchronous_commit=off, "
+        f"scaling: {args.records:,} records, {args.devices:,} devices, synchronous_commit=off"
+        f"{', positions UNLOGGED' if args.unlogged else ''}, "
         f"{args.rounds} rounds (median [min-max]); COPY ceiling "
         f"{result['copy_ceiling_records_per_s']:,.0f} rec/s",
         ("", "records/s", "CPU while draining (median, % of one core)", "total CPU"),
@@ -130,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--devices", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--unlogged", action="store_true",
+                        help="positions as an UNLOGGED table (no WAL): a cheaper write path, "
+                        "to see where the ceiling moves when the database costs less")  # fmt: skip
     parser.add_argument("--out", default=str(RESULTS_DIR / "scaling.json"))
     add_common_args(parser)
     args = parser.parse_args(argv)
