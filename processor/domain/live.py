@@ -15,7 +15,8 @@ A device is recomputed (the ``processor_domain_recomputes_total`` reasons) when
 - ``interleaved``: more stored fixes lie between the track's last fix and the newest new
   one than the engine got: another instance committed fixes it has not timed yet;
 - ``definition`` / ``catch-up``: the worker's sweeps (see ``plugin``);
-- ``backlog``: committed fixes the worker had no room to queue (``plugin.Commits``).
+- ``backlog``: committed fixes the worker had no room to queue, or that came while the
+  writer drained a backlog (``commits.Commits``).
 Recomputation is idempotent, so an unnecessary one costs time, never correctness.
 
 A ``cold``, ``shared`` or ``interleaved`` device is ``rebuilt`` instead (the reason

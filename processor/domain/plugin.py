@@ -10,6 +10,8 @@ a slow definition load never delays result writes; both are closed when ``run`` 
 ``run`` reports started only once the first definition is in (or the Directus tables are
 known to be absent: then IO mapping runs on defaults and timing has nothing to do).
 
+While the writer drains a backlog, timing waits for it (bounded; ``commits``).
+
 Error handling: PostgreSQL outages are waited out with backoff (timing falls behind, the
 pipeline does not: when the channel is full the observer notes the devices instead of
 waiting, and the worker catches them up from the stored rows). A write
@@ -41,6 +43,7 @@ from prometheus_client import Counter
 from processor.core.backoff import Backoff
 from processor.core.model import Entry, Outcome, Position
 from processor.core.pg_io import PostgresUnavailable, RowsRejected
+from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits
 from processor.domain.definition import EMPTY, RaceDefinition, build_definition
 from processor.domain.live import LiveEngine, TimingPass
 from processor.domain.results import TimingRecord, Write
@@ -59,13 +62,6 @@ CHANNEL_BATCHES = 16
 COALESCE_BATCHES = 8
 # Devices a catch-up recomputes per transaction: bounds how long it holds their locks.
 CATCH_UP_DEVICES = 8
-# While the writer writes full batches (a backlog drains), timing waits for it: the
-# chunks' devices are noted and caught up from the database once a batch is not full,
-# or after this long at the latest (then the worker has a turn), so even a feed that
-# never lets up is timed.
-DEFER_UNDER_BACKLOG_S = 2.0
-# How often waiting timing work looks whether the backlog is drained.
-DEFER_POLL_S = 0.05
 
 
 @attrs.frozen
@@ -79,53 +75,6 @@ class Fixes:
 
     seq: int
     positions: list[Position]
-
-
-@attrs.define
-class Commits:
-    """How many chunks of fixes were committed. The observer counts a chunk right after
-    its rows are committed (no await in between), so when the worker reads the count
-    before a pass, every chunk numbered up to it is in the database for that pass to read.
-    """
-
-    count: int = 0
-    # Devices of committed chunks the worker had no room for, or that came while a
-    # backlog drained: recomputed from the database (reason ``backlog``). Bounded by the
-    # devices the definition enters.
-    backlog: set[str] = attrs.field(factory=set)
-    # When the current run of full batches began to be deferred (None: not deferring).
-    deferring_since: float | None = None
-    # Set when a deferral ran its full length: nothing is deferred until the worker has
-    # finished one round of work (``DomainPlugin._work``).
-    worker_turn: bool = False
-
-    def defer(self, batch: int, batch_max: int) -> bool:
-        """Whether timing should wait with a chunk from a batch of this size."""
-        if not batch_max or batch < batch_max:
-            self.deferring_since = None
-            return False
-        if self.worker_turn:
-            return False
-        now = trio.current_time()
-        if self.deferring_since is None:
-            self.deferring_since = now
-        elif now - self.deferring_since >= DEFER_UNDER_BACKLOG_S:
-            self.give_turn()
-            return False
-        return True
-
-    def give_turn(self) -> None:
-        self.deferring_since = None
-        self.worker_turn = True
-
-    async def wait_for_turn(self) -> None:
-        """Timing work waits while a backlog drains, at most ``DEFER_UNDER_BACKLOG_S``."""
-        while not self.worker_turn and (since := self.deferring_since) is not None:
-            remaining = since + DEFER_UNDER_BACKLOG_S - trio.current_time()
-            if remaining <= 0:
-                self.give_turn()
-                return
-            await trio.sleep(min(DEFER_POLL_S, remaining))
 
 
 Work = Fixes | CatchUp

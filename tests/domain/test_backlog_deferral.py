@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from processor.domain.plugin import DEFER_UNDER_BACKLOG_S, Commits
+from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits
 
 FULL = 100
 
