@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import attrs
 import structlog
 import trio
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from processor.core.backoff import Backoff
 from processor.core.model import Entry, Outcome, Position
@@ -86,6 +86,8 @@ class DomainMetrics:
     recomputes: Counter
     loads: Counter
     write_failures: Counter
+    backlog_devices: Gauge
+    timing_deferred: Gauge
 
     @classmethod
     def create(cls, registry: Any) -> DomainMetrics:
@@ -114,6 +116,16 @@ class DomainMetrics:
             write_failures=Counter(
                 "processor_domain_write_failures_total",
                 "Timing writes PostgreSQL rejected (the devices are recomputed).",
+                registry=registry,
+            ),
+            backlog_devices=Gauge(
+                "processor_domain_backlog_devices",
+                "Devices with committed fixes waiting to be timed from the stored rows.",
+                registry=registry,
+            ),
+            timing_deferred=Gauge(
+                "processor_domain_timing_deferred",
+                "1 while timing waits for the writer to drain a backlog (at most 2 s at a time).",
                 registry=registry,
             ),
         )
@@ -209,6 +221,11 @@ class DomainPlugin:
 
     def __attrs_post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[Work](CHANNEL_BATCHES)
+        commits = self._commits  # read at scrape time: nothing to keep in step
+        self.metrics.backlog_devices.set_function(lambda: len(commits.backlog))
+        self.metrics.timing_deferred.set_function(
+            lambda: float(commits.deferring_since is not None and not commits.worker_turn)
+        )
 
     @property
     def enricher(self) -> IoEnricher:

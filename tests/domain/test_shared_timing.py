@@ -122,6 +122,14 @@ def progress(url: str, imei: str) -> list[tuple[Any, ...]]:
     return rows(url, "SELECT last_ts FROM timing_progress WHERE device_id = %s", imei)
 
 
+def gauge(p: DomainPlugin, name: str) -> float:
+    for metric in (p.metrics.backlog_devices, p.metrics.timing_deferred):
+        for sample in metric.collect()[0].samples:
+            if sample.name == name:
+                return sample.value
+    raise KeyError(name)
+
+
 def recomputes(p: DomainPlugin, reason: str) -> float:
     return p.metrics.recomputes.labels(reason)._value.get()
 
@@ -534,7 +542,11 @@ async def test_a_drained_backlog_is_timed_from_the_stored_rows(
         assert p._commits.backlog == {imei}
         assert p._receive.statistics().current_buffer_used == 0  # nothing handed over
         assert crossings(url, race) == {}
+        assert gauge(p, "processor_domain_backlog_devices") == 1
+        assert gauge(p, "processor_domain_timing_deferred") == 1
         await committed(FIXES[9:])  # a partial batch: drained
         await wait_for(lambda: crossings(url, race) == EXPECTED_RECORDS, 10, what="timing")
+        assert gauge(p, "processor_domain_backlog_devices") == 0
+        assert gauge(p, "processor_domain_timing_deferred") == 0
         assert recomputes(p, "backlog") + recomputes(p, "rebuilt") >= 1
     await assert_equals_replay(url, race, capsys)
