@@ -908,10 +908,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--client-nice",
         type=int,
-        default=10,
+        default=0,
         metavar="N",
-        help="niceness of the client process (10: it stands in for browsers "
-        "on their own machines, so it yields the CPU; 0: same priority)",
+        help="niceness of the client process (0; 10 lets the processor take the CPU "
+        "first, as if the browsers were on their own machines)",
     )
     parser.add_argument("--caster-nice", type=int, default=10, metavar="N",
                         help="--split: NICE of the broadcast-only instance (10, as "
