@@ -45,6 +45,14 @@ class Commits:
     # finished one round of work (``DomainPlugin._work``).
     worker_turn: bool = False
 
+    @property
+    def deferring(self) -> bool:
+        """Timing waits for the writer right now."""
+        return self._waiting_since() is not None
+
+    def _waiting_since(self) -> float | None:
+        return None if self.worker_turn else self.deferring_since
+
     def defer(self, batch: int, batch_max: int) -> bool:
         """Whether timing should wait with a chunk from a batch of this size."""
         if not batch_max or batch < batch_max:
@@ -66,7 +74,7 @@ class Commits:
 
     async def wait_for_turn(self) -> None:
         """Timing work waits while a backlog drains, at most ``DEFER_UNDER_BACKLOG_S``."""
-        while not self.worker_turn and (since := self.deferring_since) is not None:
+        while (since := self._waiting_since()) is not None:
             remaining = since + DEFER_UNDER_BACKLOG_S - trio.current_time()
             if remaining <= 0:
                 self.give_turn()

@@ -183,17 +183,17 @@ class TimingObserver:
         ]
         if fresh:
             self.commits.count += 1
-            if self.commits.defer(len(entries), self.batch_max):
-                self.commits.backlog.update(p.device_id for p in fresh)
-                return
-            try:
-                self.send.send_nowait(Fixes(self.commits.count, fresh))
-            except trio.WouldBlock:
-                # Timing is behind the writer (a backlog drains): the rows are stored, so
-                # the worker catches these devices up from them instead of the writer
-                # waiting. A later chunk of the same device sees the gap anyway
-                # (``interleaved``); the backlog covers devices with none.
-                self.commits.backlog.update(p.device_id for p in fresh)
+            if not self.commits.defer(len(entries), self.batch_max):
+                try:
+                    self.send.send_nowait(Fixes(self.commits.count, fresh))
+                except trio.WouldBlock:
+                    pass  # timing is behind the writer: caught up below, never waited for
+                else:
+                    return
+            # Not handed over (deferred, or no room): the rows are stored, so the worker
+            # catches these devices up from them. A later chunk of the same device sees
+            # the gap anyway (``interleaved``); the backlog covers devices with none.
+            self.commits.backlog.update(p.device_id for p in fresh)
 
 
 @attrs.define(kw_only=True)
@@ -223,9 +223,7 @@ class DomainPlugin:
         self._send, self._receive = trio.open_memory_channel[Work](CHANNEL_BATCHES)
         commits = self._commits  # read at scrape time: nothing to keep in step
         self.metrics.backlog_devices.set_function(lambda: len(commits.backlog))
-        self.metrics.timing_deferred.set_function(
-            lambda: float(commits.deferring_since is not None and not commits.worker_turn)
-        )
+        self.metrics.timing_deferred.set_function(lambda: float(commits.deferring))
 
     @property
     def enricher(self) -> IoEnricher:

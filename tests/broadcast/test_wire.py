@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -130,16 +131,25 @@ async def served(
         done.set()
 
 
-async def test_raw_frames_reach_a_trio_websocket_client_between_library_pings(
-    nursery: trio.Nursery,
-) -> None:
+@asynccontextmanager
+async def connected(
+    nursery: trio.Nursery, **client_options: Any
+) -> AsyncIterator[tuple[WebSocketConnection, RawWriter, WebSocketConnection]]:
+    """(server side, its raw writer, client side) of one trio-websocket connection."""
     async with (
         served(nursery) as (port, accepted),
-        open_websocket_url(f"ws://127.0.0.1:{port}/ws") as client,
+        open_websocket_url(f"ws://127.0.0.1:{port}/ws", **client_options) as client,
     ):
         ws = await accepted.receive()
         raw = raw_writer(ws)
         assert isinstance(raw, RawWriter), "trio-websocket internals changed"
+        yield ws, raw, client
+
+
+async def test_raw_frames_reach_a_trio_websocket_client_between_library_pings(
+    nursery: trio.Nursery,
+) -> None:
+    async with connected(nursery) as (ws, raw, client):
         texts = [text_of(size) for size in (20, 200, 70000)]
         await raw.send(b"".join(TextFrame.of(t).data for t in texts))
         await ws.send_message("after")  # the library's own frames still follow
@@ -161,13 +171,7 @@ async def test_raw_frames_reach_a_trio_websocket_client_between_library_pings(
 
 async def test_a_raw_write_waits_for_the_library_send_lock(nursery: trio.Nursery) -> None:
     """The raw writer holds the very lock trio-websocket's pings and closes take."""
-    async with (
-        served(nursery) as (port, accepted),
-        open_websocket_url(f"ws://127.0.0.1:{port}/ws") as client,
-    ):
-        ws = await accepted.receive()
-        raw = raw_writer(ws)
-        assert raw is not None
+    async with connected(nursery) as (ws, raw, client):
         pinged = trio.Event()
 
         async def ping() -> None:
@@ -250,13 +254,7 @@ async def test_a_write_the_socket_takes_only_in_part_is_finished_before_anything
     nursery: trio.Nursery,
 ) -> None:
     """The rest of a partial write goes out under the lock: a ping waits, frames stay whole."""
-    async with (
-        served(nursery) as (port, accepted),
-        open_websocket_url(f"ws://127.0.0.1:{port}/ws", max_message_size=2**20) as client,
-    ):
-        ws = await accepted.receive()
-        raw = raw_writer(ws)
-        assert raw is not None
+    async with connected(nursery, max_message_size=2**20) as (ws, raw, client):
         assert raw.socket is not None, "a plain socket stream: the non-blocking path is on"
         data = b"".join(TextFrame.of(t).data for t in BIG)
         written = trio.Event()
@@ -287,13 +285,7 @@ async def test_a_write_the_socket_takes_only_in_part_is_finished_before_anything
 async def test_a_write_that_stays_unsent_past_the_deadline_raises_too_slow(
     nursery: trio.Nursery,
 ) -> None:
-    async with (
-        served(nursery) as (port, accepted),
-        open_websocket_url(f"ws://127.0.0.1:{port}/ws", max_message_size=2**20),
-    ):
-        ws = await accepted.receive()
-        raw = raw_writer(ws)
-        assert raw is not None
+    async with connected(nursery, max_message_size=2**20) as (ws, raw, _):
         data = b"".join(TextFrame.of(t).data for t in BIG)
         started = trio.current_time()
         with pytest.raises(trio.TooSlowError):  # the client reads nothing
@@ -303,13 +295,7 @@ async def test_a_write_that_stays_unsent_past_the_deadline_raises_too_slow(
 
 
 async def test_a_write_that_finds_the_lock_held_waits_for_it(nursery: trio.Nursery) -> None:
-    async with (
-        served(nursery) as (port, accepted),
-        open_websocket_url(f"ws://127.0.0.1:{port}/ws") as client,
-    ):
-        ws = await accepted.receive()
-        raw = raw_writer(ws)
-        assert raw is not None
+    async with connected(nursery) as (_, raw, client):
         sent = trio.Event()
 
         async def write() -> None:
