@@ -24,9 +24,9 @@ import attrs
 import structlog
 import trio
 
-from processor.broadcast.follow import Follower
 from processor.core.codec import decode, peek_device_id
 from processor.core.errors import PoisonRecord
+from processor.core.follow import Follower
 from processor.core.model import Position
 from processor.core.read_pacing import ReadPacer
 from processor.core.redis_io import RedisStreams

@@ -23,7 +23,6 @@ logged: results stay in ``timing_records`` either way, the stream only makes the
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
@@ -34,17 +33,15 @@ import structlog
 import trio
 
 from processor.broadcast import frames
-from processor.broadcast.follow import Follower
-from processor.core.backoff import Backoff
+from processor.core.appender import StreamAppender
+from processor.core.follow import Follower
 from processor.core.observer import CommitObserver, Enricher
-from processor.core.redis_io import RedisStreams, RedisUnavailable
+from processor.core.redis_io import RedisStreams
 
 STREAM_MAXLEN = 10_000
 PENDING_MAX = 10_000
 # Crossings per stream entry, and entries per XREAD.
 _CHUNK = 500
-# How long shutdown waits for announcements still buffered to reach Redis.
-_FLUSH_ON_EXIT_S = 1.0
 
 
 def timing_stream(telemetry_stream: str) -> str:
@@ -101,11 +98,19 @@ class TimingPublisher:
     key: str
     log: structlog.typing.FilteringBoundLogger
     name: str = "timing feed"
-    dropped: int = attrs.field(default=0, init=False)  # announcements lost to a full buffer
-    _pending: collections.deque[Announcement] = attrs.field(
-        factory=lambda: collections.deque(maxlen=PENDING_MAX), init=False
-    )
-    _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _appender: StreamAppender[Announcement] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._appender = StreamAppender(
+            self.streams,
+            self.key,
+            entry_fields,
+            self.log,
+            "timing feed",
+            maxlen=STREAM_MAXLEN,
+            pending_max=PENDING_MAX,
+            chunk=_CHUNK,
+        )
 
     @property
     def enricher(self) -> Enricher | None:
@@ -118,47 +123,19 @@ class TimingPublisher:
     @property
     def pending(self) -> int:
         """Announcements not yet in the stream."""
-        return len(self._pending)
+        return self._appender.pending
+
+    @property
+    def dropped(self) -> int:
+        """Announcements lost to a full buffer."""
+        return self._appender.dropped
 
     def announce(self, record: TimingAnnouncement) -> None:
         """The domain's timing sink: synchronous, never blocks the domain's worker."""
-        if len(self._pending) == PENDING_MAX:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                self.log.warning("timing feed full: oldest announcements dropped", n=self.dropped)
-        self._pending.append(announcement(record))
-        self._wake.set()
+        self._appender.put(announcement(record))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                await self._flush(Backoff(cap_s=2.0))
-        finally:
-            with trio.move_on_after(_FLUSH_ON_EXIT_S) as scope:
-                scope.shield = True
-                await self._flush(None)
-
-    async def _flush(self, backoff: Backoff | None) -> None:
-        """Send what is buffered; retry while Redis is away (``None``: try once)."""
-        while self._pending:
-            chunk = [self._pending[i] for i in range(min(_CHUNK, len(self._pending)))]
-            try:
-                await self.streams.append(self.key, [entry_fields(chunk)], STREAM_MAXLEN)
-            except RedisUnavailable as exc:
-                if backoff is None:
-                    self.log.warning("timing feed: unsent at shutdown", n=len(self._pending))
-                    return
-                if not backoff.attempt:
-                    self.log.warning("timing feed: redis unavailable", error=str(exc))
-                await backoff.wait()
-                continue
-            for _ in chunk:
-                self._pending.popleft()
-            if backoff is not None:
-                backoff.reset()
+        await self._appender.run(task_status=task_status)
 
 
 @attrs.define

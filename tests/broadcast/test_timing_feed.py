@@ -103,4 +103,4 @@ def test_the_buffer_is_bounded_and_drops_the_oldest() -> None:
         publisher.announce(Crossing(entry_id=i))
     assert publisher.pending == PENDING_MAX
     assert publisher.dropped == 5
-    assert publisher._pending[0][1] == "5:5"  # entries 0-4 were dropped
+    assert publisher._appender._pending[0][1] == "5:5"  # entries 0-4 were dropped

@@ -1,10 +1,11 @@
 """Following stream keys from their newest entry at start, through Redis outages.
 
-Both broadcast tails (positions, timing crossings) read this way: plain ``XREAD BLOCK``
-with no group (nothing is created in Redis, nothing left behind on shutdown), from the
-newest entry as of start-up (an explicit id, not ``$`` on every call, which would skip
-what arrives between two reads). Redis being unavailable is retried with backoff from
-the last id read, so a short outage loses nothing Redis still holds.
+Both broadcast tails (positions, timing crossings) and the race domain's feed of
+committed fixes read this way: plain ``XREAD BLOCK`` with no group (nothing is created in
+Redis, nothing left behind on shutdown), from the newest entry as of start-up (an
+explicit id, not ``$`` on every call, which would skip what arrives between two reads).
+Redis being unavailable is retried with backoff from the last id read, so a short
+outage loses nothing Redis still holds.
 """
 
 from __future__ import annotations
