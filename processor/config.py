@@ -18,6 +18,7 @@ import attrs
 from redis.crc import key_slot
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+TIMING_MODES = ("inline", "publish", "consume")
 
 
 class ConfigError(Exception):
@@ -60,6 +61,7 @@ class Settings:
     pipeline_enabled: bool
     domain_enabled: bool
     domain_refresh_s: float
+    timing: str
     ws_enabled: bool
     ws_host: str
     ws_port: int
@@ -87,6 +89,13 @@ class Settings:
     @property
     def dlq_keys(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.dlq_for(s) for s in self.telemetry_streams))
+
+    @property
+    def times_here(self) -> bool:
+        """This instance runs the race domain's timing worker (``TIMING``)."""
+        if not self.domain_enabled:
+            return False
+        return self.timing == "consume" or (self.timing == "inline" and self.pipeline_enabled)
 
     @property
     def cluster(self) -> bool:
@@ -416,6 +425,17 @@ VARIABLES: tuple[Variable, ...] = (
         "How often the race definition is reloaded from the Directus tables.",
     ),
     Variable(
+        "TIMING",
+        "timing",
+        "inline",
+        _choice(*TIMING_MODES),
+        "one of " + ", ".join(TIMING_MODES),
+        "Where race timing runs. inline: each pipeline instance times the fixes it commits."
+        " publish: a pipeline instance appends them to <stream>:committed and times nothing."
+        " consume: an instance with PIPELINE_ENABLED=false times what publish instances"
+        " append (a timing instance, on a core or host of its own).",
+    ),
+    Variable(
         "WS_ENABLED",
         "ws_enabled",
         "true",
@@ -557,16 +577,44 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "is the telemetry stream itself",
             "a different stream key",
         )
-    if not (settings.pipeline_enabled or settings.ws_enabled):
+    _check_roles(settings)
+    if settings.cluster:
+        _check_slots(settings)
+    return settings
+
+
+def _check_roles(settings: Settings) -> None:
+    """PIPELINE_ENABLED, WS_ENABLED and TIMING must leave the instance something to do,
+    and TIMING must fit the pipeline setting (only a pipeline commits fixes to publish)."""
+    if settings.timing != "inline" and not settings.domain_enabled:
+        raise ConfigError(
+            "TIMING",
+            settings.timing,
+            "needs the race domain, but DOMAIN_ENABLED=false",
+            "inline, or DOMAIN_ENABLED=true",
+        )
+    if settings.timing == "publish" and not settings.pipeline_enabled:
+        raise ConfigError(
+            "TIMING",
+            "publish",
+            "with PIPELINE_ENABLED=false there are no committed fixes to publish",
+            "consume on an instance without the pipeline, or PIPELINE_ENABLED=true",
+        )
+    if settings.timing == "consume" and settings.pipeline_enabled:
+        raise ConfigError(
+            "TIMING",
+            "consume",
+            "is for an instance without the pipeline (PIPELINE_ENABLED=true here)",
+            "inline or publish with the pipeline, or PIPELINE_ENABLED=false",
+        )
+    if not (settings.pipeline_enabled or settings.ws_enabled or settings.timing == "consume"):
         raise ConfigError(
             "PIPELINE_ENABLED",
             "false",
             "with WS_ENABLED=false too, the instance would do nothing",
-            "true, or WS_ENABLED=true for a broadcast-only instance",
+            "true, WS_ENABLED=true for a broadcast-only instance,"
+            " or TIMING=consume for a timing instance",
         )
-    if settings.cluster:
-        _check_slots(settings)
-    return settings
 
 
 def _check_slots(settings: Settings) -> None:

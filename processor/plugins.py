@@ -86,7 +86,7 @@ def default_factories(settings: Settings) -> list[PluginFactory]:
             return plugin
 
         factories.append(make_domain)
-    if settings.domain_enabled and settings.pipeline_enabled:
+    if settings.times_here:
         from processor.broadcast.timing_feed import TimingPublisher, timing_stream
 
         def make_timing_feed(context: Context) -> Plugin:
@@ -99,6 +99,19 @@ def default_factories(settings: Settings) -> list[PluginFactory]:
             return feed
 
         factories.append(make_timing_feed)
+    if settings.domain_enabled and settings.timing == "publish":
+        from processor.domain.committed_feed import CommittedPublisher, committed_stream
+
+        def make_committed_feed(context: Context) -> Plugin:
+            definitions = built_domain[0].definitions
+            return CommittedPublisher(
+                context.streams,
+                committed_stream(settings.telemetry_stream),
+                lambda: definitions.current,
+                context.log.bind(plugin="committed feed"),
+            )
+
+        factories.append(make_committed_feed)
     if settings.ws_enabled:
         from processor.broadcast.hub import no_attributes
         from processor.broadcast.plugin import broadcast_plugin

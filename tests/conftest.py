@@ -61,12 +61,13 @@ def redis_url() -> str:
 
 @pytest.fixture
 def stream_key() -> Iterator[str]:
-    """A stream key no other test uses; it, its DLQ and timing feed are deleted afterwards."""
+    """A stream key no other test uses; it and the keys named after it (DLQ, timing and
+    committed feeds) are deleted afterwards."""
     key = f"test:{uuid.uuid4().hex[:12]}:telemetry"
     yield key
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        client.delete(key, f"{key}:dlq", f"{key}:timing")
+        client.delete(key, f"{key}:dlq", f"{key}:timing", f"{key}:committed")
     finally:
         client.close()
 

@@ -33,9 +33,9 @@ import structlog
 import trio
 
 from processor.broadcast import frames
-from processor.core.appender import StreamAppender
+from processor.core.appender import AppendingPlugin, StreamAppender
 from processor.core.follow import Follower
-from processor.core.observer import CommitObserver, Enricher
+from processor.core.observer import CommitObserver
 from processor.core.redis_io import RedisStreams
 
 STREAM_MAXLEN = 10_000
@@ -91,7 +91,7 @@ def entry_fields(announcements: Sequence[Announcement]) -> dict[bytes, bytes]:
 
 
 @attrs.define
-class TimingPublisher:
+class TimingPublisher(AppendingPlugin):
     """A plug-in beside the domain: appends the crossings it announces to the stream."""
 
     streams: RedisStreams
@@ -101,41 +101,15 @@ class TimingPublisher:
     _appender: StreamAppender[Announcement] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._appender = StreamAppender(
-            self.streams,
-            self.key,
-            entry_fields,
-            self.log,
-            "timing feed",
-            maxlen=STREAM_MAXLEN,
-            pending_max=PENDING_MAX,
-            chunk=_CHUNK,
-        )
-
-    @property
-    def enricher(self) -> Enricher | None:
-        return None
+        self._appender = self.appender(entry_fields, STREAM_MAXLEN, PENDING_MAX, _CHUNK)
 
     @property
     def observers(self) -> Sequence[CommitObserver]:
         return ()
 
-    @property
-    def pending(self) -> int:
-        """Announcements not yet in the stream."""
-        return self._appender.pending
-
-    @property
-    def dropped(self) -> int:
-        """Announcements lost to a full buffer."""
-        return self._appender.dropped
-
     def announce(self, record: TimingAnnouncement) -> None:
         """The domain's timing sink: synchronous, never blocks the domain's worker."""
         self._appender.put(announcement(record))
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._appender.run(task_status=task_status)
 
 
 @attrs.define

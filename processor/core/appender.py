@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import structlog
@@ -93,3 +93,39 @@ class StreamAppender(Generic[T]):
                 self._pending.popleft()
             if backoff is not None:
                 backoff.reset()
+
+
+class AppendingPlugin:
+    """For a plug-in whose work is a ``StreamAppender``: its figures and its task."""
+
+    __slots__ = ()
+    streams: RedisStreams
+    key: str
+    log: structlog.typing.FilteringBoundLogger
+    name: str
+    _appender: StreamAppender[Any]
+
+    def appender(
+        self, entry: Callable[[Sequence[T]], Fields], maxlen: int, pending_max: int, chunk: int
+    ) -> StreamAppender[T]:
+        """The plug-in's appender, on its stream key, named after it in warnings."""
+        return StreamAppender(
+            self.streams, self.key, entry, self.log, self.name, maxlen, pending_max, chunk
+        )
+
+    @property
+    def enricher(self) -> None:
+        return None
+
+    @property
+    def pending(self) -> int:
+        """Items not yet in the stream."""
+        return self._appender.pending
+
+    @property
+    def dropped(self) -> int:
+        """Items lost to a full buffer."""
+        return self._appender.dropped
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._appender.run(task_status=task_status)

@@ -3,7 +3,9 @@
     domain plug-in (in the app's services nursery)
     ├── refresher   reloads the definition every DOMAIN_REFRESH_S or on request,
     │               then asks the worker to catch up
-    └── worker      <- committed positions, catch-ups (bounded channel) -> timing -> PostgreSQL
+    ├── worker      <- committed positions, catch-ups (bounded channel) -> timing -> PostgreSQL
+    └── feed tail   TIMING=consume only: committed positions from the pipeline instances
+                    (``committed_feed``), instead of this instance's own writer
 
 Resource handling: the plug-in owns two connections (``DomainStore``), one per task, so
 a slow definition load never delays result writes; both are closed when ``run`` ends.
@@ -43,7 +45,9 @@ from prometheus_client import Counter, Gauge
 from processor.core.backoff import Backoff
 from processor.core.model import Entry, Outcome, Position
 from processor.core.pg_io import PostgresUnavailable, RowsRejected
+from processor.core.redis_io import RedisStreams
 from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits
+from processor.domain.committed_feed import CommittedTail, committed_stream
 from processor.domain.definition import EMPTY, RaceDefinition, build_definition
 from processor.domain.live import LiveEngine, TimingPass
 from processor.domain.results import TimingRecord, Write
@@ -200,9 +204,12 @@ class TimingObserver:
 class DomainPlugin:
     name: str = "domain"
     refresh_s: float
-    # False on an instance without the write pipeline (PIPELINE_ENABLED=false): it keeps
-    # the definition for the IO mapping of its broadcast and times nothing.
+    # False where this instance times nothing (``Settings.times_here``): a broadcast-only
+    # instance keeps the definition for the IO mapping of its broadcast, a TIMING=publish
+    # pipeline for the IO mapping of its rows and for choosing the fixes it publishes.
     timing: bool = True
+    # TIMING=consume: the worker's fixes come from this stream (``committed_feed``).
+    feed: tuple[RedisStreams, str, int] | None = None  # (streams, key, block_ms)
     # The writer's BATCH_MAX: a batch this full means a backlog (``TimingObserver``).
     batch_max: int = 0
     log: Log
@@ -231,7 +238,7 @@ class DomainPlugin:
 
     @property
     def observers(self) -> Sequence[TimingObserver]:
-        if not self.timing:
+        if not self.timing or self.feed is not None:
             return []
         return [TimingObserver(self.definitions, self._send, self._commits, self.batch_max)]
 
@@ -257,6 +264,12 @@ class DomainPlugin:
             while not await self.reload():
                 await backoff.wait()
             async with trio.open_nursery() as nursery:
+                if self.feed is not None:
+                    # Before the worker's first sweep: what is committed after the tail's
+                    # start comes through it, what was committed before, the sweep reads.
+                    streams, key, block_ms = self.feed
+                    tail = CommittedTail(streams, key, block_ms, self._feed, self.log)
+                    await nursery.start(tail.run)
                 if self.timing:
                     nursery.start_soon(self._work)
                     await self._send.send(CatchUp())  # the worker runs: this cannot block
@@ -311,6 +324,11 @@ class DomainPlugin:
             # cannot be written idempotently until an operator fixes it; say so loudly.
             self.metrics.write_failures.inc()
             self.log.error("race result keys missing", error=str(exc))
+
+    async def _feed(self, positions: list[Position]) -> None:
+        """The committed feed's fixes, numbered like the observer numbers its chunks."""
+        self._commits.count += 1
+        await self._send.send(Fixes(self._commits.count, positions))
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -419,9 +437,13 @@ class DomainPlugin:
 def domain_plugin(context: Context) -> DomainPlugin:
     """The plug-in factory for ``processor.plugins.default_factories``."""
     s = context.settings
+    consume = s.times_here and s.timing == "consume"
     return DomainPlugin(
         refresh_s=s.domain_refresh_s,
-        timing=s.pipeline_enabled,
+        timing=s.times_here,
+        feed=(context.streams, committed_stream(s.telemetry_stream), s.block_ms)
+        if consume
+        else None,
         batch_max=s.batch_max,
         log=context.log.bind(plugin="domain"),
         metrics=DomainMetrics.create(context.metrics.registry),

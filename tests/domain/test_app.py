@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pathlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -22,14 +21,6 @@ from tests.domain.model_store import position_of
 from tests.helpers import wait_for
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "schema" / "directus" / "race_tables.sql"
-
-
-@pytest.fixture
-def race(settings: config.Settings) -> Iterator[dict[str, Any]]:
-    race = insert_race(settings.postgres_url)
-    yield race
-    with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
-        conn.execute("UPDATE events SET status = 'finished' WHERE id = %s", (race["event"],))
 
 
 def insert_race(url: str) -> dict[str, Any]:

@@ -137,6 +137,45 @@ def test_an_instance_with_neither_pipeline_nor_broadcast_is_refused() -> None:
     assert not config.load({"PIPELINE_ENABLED": "false"}).pipeline_enabled
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, True),
+        ({"TIMING": "publish"}, False),
+        ({"TIMING": "consume", "PIPELINE_ENABLED": "false"}, True),
+        ({"PIPELINE_ENABLED": "false"}, False),  # broadcast-only: times nothing
+        ({"DOMAIN_ENABLED": "false"}, False),
+    ],
+)
+def test_timing_runs_where_the_timing_mode_says(env: dict[str, str], expected: bool) -> None:
+    assert config.load(env).times_here is expected
+
+
+def test_a_timing_instance_needs_neither_pipeline_nor_broadcast() -> None:
+    alone = config.load({"TIMING": "consume", "PIPELINE_ENABLED": "false", "WS_ENABLED": "false"})
+    assert alone.times_here
+    assert not alone.pipeline_enabled
+    assert not alone.ws_enabled
+
+
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [
+        ({"TIMING": "publish", "PIPELINE_ENABLED": "false"}, "no committed fixes"),
+        ({"TIMING": "consume"}, "without the pipeline"),
+        ({"TIMING": "consume", "PIPELINE_ENABLED": "false", "DOMAIN_ENABLED": "false"},
+         "needs the race domain"),
+    ],
+)  # fmt: skip
+def test_a_timing_mode_that_does_not_fit_the_roles_is_refused(
+    env: dict[str, str], why: str
+) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.load(env)
+    assert info.value.variable == "TIMING"
+    assert why in str(info.value)
+
+
 @pytest.mark.parametrize("value", ["-1", "20", "low"])
 def test_nice_is_an_increment_of_0_to_19(value: str) -> None:
     with pytest.raises(config.ConfigError) as info:

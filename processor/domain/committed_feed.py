@@ -1,0 +1,130 @@
+"""Committed fixes for a timing instance: what ``TIMING=publish`` / ``consume`` exchange.
+
+Timing shares the pipeline's one Python thread when it runs inline, and while a long
+backlog drains the two compete for it (bench/README.md, race domain). With
+``TIMING=publish`` a pipeline instance times nothing: after each commit it appends the
+payloads of the newly inserted fixes of entered devices, as ingestion sent them, to
+``<telemetry stream>:committed`` (``CommittedPublisher``: one entry per chunk, through a
+bounded buffer, so the writer never waits). An instance with ``PIPELINE_ENABLED=false``
+and ``TIMING=consume`` follows that stream (``CommittedTail``), decodes the payloads and
+hands them to its timing worker exactly as an inline observer would: on a core, or a
+host, of its own.
+
+Only committed fixes are appended, so a recomputation the timing instance starts from
+``positions`` finds every fix it has been told of. Nothing is lost when the stream is: an
+entry dropped by a full buffer, trimmed from the capped stream before it was read, or
+appended while no timing instance ran is a stored fix newer than its device's
+``timing_progress``, which the timing instance's catch-up (at start and after every
+definition load, ``DOMAIN_REFRESH_S``) recomputes. Payloads are re-decoded with the
+contract's own decoder; they passed it once already, so a failure here is logged and
+skipped (the catch-up times the stored row).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+import attrs
+import structlog
+import trio
+
+from processor.core.appender import AppendingPlugin, StreamAppender
+from processor.core.codec import decode
+from processor.core.errors import PoisonRecord
+from processor.core.follow import Follower
+from processor.core.model import Entry, Outcome, Position
+from processor.core.observer import CommitObserver
+from processor.core.redis_io import RedisStreams
+from processor.domain.definition import RaceDefinition
+
+# Stream entries kept (XADD MAXLEN ~), each up to _CHUNK payloads of ~400 bytes: about
+# 400 MB at most, and a timing instance that far behind is better served by its catch-up.
+STREAM_MAXLEN = 1_000
+# Payloads buffered while Redis is away (the pipeline stalls then too).
+PENDING_MAX = 100_000
+_CHUNK = 1_000
+# Stream entries per XREAD: a few commits' worth per timing pass.
+_READ_ENTRIES = 8
+
+
+def committed_stream(telemetry_stream: str) -> str:
+    return f"{telemetry_stream}:committed"
+
+
+def entry_fields(payloads: Sequence[bytes]) -> dict[bytes, bytes]:
+    """One stream entry: the payloads as fields ``0``, ``1``, ... in commit order."""
+    return {str(i).encode(): payload for i, payload in enumerate(payloads)}
+
+
+@attrs.define
+class CommittedPublisher(AppendingPlugin):
+    """A plug-in beside the domain on a ``TIMING=publish`` pipeline instance. Payloads it
+    drops (``dropped``: a full buffer) are timed by the timing instance's catch-up."""
+
+    streams: RedisStreams
+    key: str
+    definition: Callable[[], RaceDefinition]  # the domain's current one: who is entered
+    log: structlog.typing.FilteringBoundLogger
+    name: str = "committed feed"
+    _appender: StreamAppender[bytes] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._appender = self.appender(entry_fields, STREAM_MAXLEN, PENDING_MAX, _CHUNK)
+
+    @property
+    def observers(self) -> Sequence[CommitObserver]:
+        return (self,)
+
+    async def committed(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
+        entered = self.definition().entries_by_device
+        put = self._appender.put
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            position = entry.position
+            if outcome is Outcome.INSERTED and position.fix_valid and position.device_id in entered:
+                payload = entry.fields.get(b"payload")
+                if payload is not None:
+                    put(payload)
+
+
+@attrs.define
+class CommittedTail:
+    """A ``TIMING=consume`` instance's read of the committed stream, for its worker.
+
+    ``deliver`` may wait (the worker's queue is full): the tail then stops reading, and
+    the stream holds the rest.
+    """
+
+    streams: RedisStreams
+    key: str
+    block_ms: int
+    deliver: Callable[[list[Position]], Awaitable[None]]
+    log: structlog.typing.FilteringBoundLogger
+    skipped: int = attrs.field(default=0, init=False)  # payloads that failed to decode
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        follower = Follower(
+            self.streams, [self.key], _READ_ENTRIES, self.block_ms, self.log, "committed feed"
+        )
+        await follower.start()
+        task_status.started()
+        while True:
+            entries = await follower.read()
+            now = datetime.now(UTC)
+            positions: list[Position] = []
+            for _, entry_id, fields in entries:
+                for payload in fields.values():
+                    try:
+                        # It passed the future rule at commit; a clock step here must
+                        # not fail it now.
+                        positions.append(
+                            decode({b"payload": payload}, now=now, future_tolerance_s=math.inf)
+                        )
+                    except PoisonRecord as exc:
+                        self.skipped += 1
+                        self.log.warning("committed feed: payload skipped", id=entry_id,
+                                         error=str(exc))  # fmt: skip
+            if positions:
+                await self.deliver(positions)
+            await trio.lowlevel.checkpoint()
