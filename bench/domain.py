@@ -17,9 +17,18 @@ throughput beyond 15%.
   its start-up sweep takes until every entered device is recomputed or rebuilt from its
   rows, its CPU, and the recomputes by reason.
 
-Prints a table; JSON: ``bench/results/domain.json``.
+``--timing-instance beside|after`` measures the deployment that takes timing off the
+pipeline's thread: the domain-on drain runs a ``TIMING=publish`` pipeline and a
+``TIMING=consume`` instance (no pipeline, no broadcast, ``NICE=10``). ``beside``: the
+timing instance runs during the drain, on the same two cores. ``after``: it starts once
+the drain is done, as a stand-in for a timing instance on a host of its own (two
+processes busy at once slow each other on this machine whatever their niceness, see
+bench/README.md): the drain rate is the pipeline's alone, "timing written through" is
+counted from the timing instance's ``ready``. The restart phase restarts that instance.
 
-    python -m bench.domain [--steps 60] [--rounds 3] [--quick]
+Prints a table; JSON: ``bench/results/domain.json`` (``domain_timing_<mode>.json``).
+
+    python -m bench.domain [--steps 60] [--rounds 3] [--quick] [--timing-instance MODE]
 """
 
 from __future__ import annotations
@@ -207,46 +216,87 @@ def _recomputes(proc: Any) -> dict[str, float]:
     return out
 
 
-def pipeline(sb: Sandbox, steps: int, rounds: int, env: dict[str, str]) -> dict[str, Any]:
-    store_race(sb.url)
+def race_fields(steps: int) -> list[dict[bytes, bytes]]:
+    """``steps`` fixes of every entered device, as live: one step of all, then the next."""
     rng = random.Random(2)
     imeis = [d["imei"] for d in definition().devices]
     offsets = {d: rng.uniform(-0.002, 0.002) for d in imeis}
-    # As live: every device's fix of one step, then the next step's.
-    fields = [encode(position(d, s, offsets[d])) for s in range(steps) for d in imeis]
+    return [encode(position(d, s, offsets[d])) for s in range(steps) for d in imeis]
+
+
+def _pipeline_us(drain: dict[str, Any]) -> float:
+    """The pipeline process's CPU per record over a drain (``Sandbox.drain``'s figures)."""
+    return drain["cpu_percent"]["processor"] / 100 * drain["seconds"] / drain["records"] * 1e6
+
+
+def timing_instance_env(env: dict[str, str]) -> dict[str, str]:
+    """A timing instance beside the pipeline: no pipeline, no broadcast, second in line
+    for the CPU (NICE=10), timing what ``TIMING=publish`` pipelines commit."""
+    return {
+        **env,
+        "TIMING": "consume",
+        "PIPELINE_ENABLED": "false",
+        "WS_ENABLED": "false",
+        "NICE": "10",
+    }
+
+
+def pipeline(
+    sb: Sandbox, steps: int, rounds: int, env: dict[str, str], timing_instance: str = ""
+) -> dict[str, Any]:
+    """Drains with the domain on and off. ``timing_instance`` (beside, after): the
+    domain-on pipeline has ``TIMING=publish`` and a timing instance runs during the drain
+    or starts after it (``timing_instance_env``)."""
+    timer = timing_instance_env(env) if timing_instance else None
+    beside = timer if timing_instance == "beside" else None
+    on_env = {**env, "TIMING": "publish"} if timing_instance else env
+    store_race(sb.url)
+    fields = race_fields(steps)
     last = T0 + timedelta(seconds=5 * (steps - 1))
     on: list[float] = []
     off: list[float] = []
     caught_up: list[float] = []
     recomputes: list[dict[str, float]] = []
     restarts: list[dict[str, Any]] = []
+    cpu: list[dict[str, float]] = []
+    on_us: list[float] = []  # the pipeline process's CPU per record, domain on / off
+    off_us: list[float] = []
     for round_ in range(rounds):
         log(f"pipeline round {round_ + 1}/{rounds}")
         with pg_connect(sb.url, autocommit=True) as conn:  # each run times from scratch
             conn.execute("TRUNCATE timing_records, zone_events, stage_results, timing_progress")
-        result = sb.drain(fields, env, label="domain-on", keep_running=True)
-        started = time.monotonic()
+        result = sb.drain(fields, on_env, label="domain-on", keep_running=True, beside=beside)
+        started, head_start = time.monotonic(), result["seconds"]
+        if timing_instance == "after":
+            timing = sb.start(result["stream"], "bench", timer, name="bench-timing")
+            result["procs"].append(timing)
+            timing.wait_event("ready", 60)
+            started, head_start = time.monotonic(), 0.0
         deadline = started + 300
         while _timed_through(sb.url, last) < DEVICES:
             if time.monotonic() > deadline:
                 raise SystemExit("timing did not catch up within 300 s of the drain")
             time.sleep(0.2)
-        caught_up.append(result["seconds"] + time.monotonic() - started)
-        recomputes.append(_recomputes(result["procs"][0]))
+        caught_up.append(head_start + time.monotonic() - started)
+        recomputes.append(_recomputes(result["procs"][-1]))  # the timing instance, if any
+        cpu.append(result["cpu_percent"])
+        on_us.append(_pipeline_us(result))
         for proc in result["procs"]:
             sb.stop(proc)
-        restarts.append(_restart(sb, result["stream"], env))
+        restarts.append(_restart(sb, result["stream"], timer or env))
         sb.r.delete(result["stream"])
         on.append(result["records_per_s"])
-        off.append(
-            sb.drain(fields, {**env, "DOMAIN_ENABLED": "false"}, label="domain-off")[
-                "records_per_s"
-            ]
-        )
+        unmapped = sb.drain(fields, {**env, "DOMAIN_ENABLED": "false"}, label="domain-off")
+        off.append(unmapped["records_per_s"])
+        off_us.append(_pipeline_us(unmapped))
     ratios = [a / b for a, b in zip(on, off, strict=True)]
     return {
         "records": len(fields),
         "rounds": rounds,
+        "timing_instance": timing_instance,
+        "domain_on_cpu_percent": cpu,
+        "pipeline_cpu_us_per_record_on": on_us,
+        "pipeline_cpu_us_per_record_off": off_us,
         "domain_on_records_per_s": on,
         "domain_off_records_per_s": off,
         "ratios": ratios,
@@ -286,13 +336,22 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60, help="fixes per device (x 1,000)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="20 steps, 1 round")
+    parser.add_argument(
+        "--timing-instance",
+        choices=("beside", "after"),
+        default="",
+        help="domain on = a TIMING=publish pipeline plus a TIMING=consume instance (NICE=10)"
+        " during the drain (beside) or started after it (after: as on a host of its own)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.steps, args.rounds = 20, 1
     install_sigterm()
     hot = hot_path()
     with Sandbox.open(args.admin_url, args.redis_url) as sb:
-        piped = pipeline(sb, args.steps, args.rounds, parse_env(args.processor_env))
+        piped = pipeline(
+            sb, args.steps, args.rounds, parse_env(args.processor_env), args.timing_instance
+        )
     ratio = spread(piped["ratios"])
     caught = spread(piped["timing_caught_up_s"])
     restarts = piped["restarts"]
@@ -306,13 +365,22 @@ def main() -> int:
             ["hot path total", f"{hot['total_us']:.2f} µs/fix",
              f"target < {TARGET_US:g}: {met(hot['total_us'] < TARGET_US)}"],
             ["pipeline, domain on", fmt_spread(spread(piped["domain_on_records_per_s"]), " rec/s"),
-             f"{piped['records']:,} records, {piped['rounds']} round(s)"],
+             f"{piped['records']:,} records, {piped['rounds']} round(s)"
+             + (f", timing instance {args.timing_instance}" if args.timing_instance else "")],
+            ["CPU while draining, domain on", ", ".join(
+                f"{k} {spread([c[k] for c in piped['domain_on_cpu_percent']])['median']:.0f}%"
+                for k in piped["domain_on_cpu_percent"][0]), "% of one core, median"],
             ["pipeline, domain off", fmt_spread(spread(piped["domain_off_records_per_s"]),
                                                 " rec/s"), "DOMAIN_ENABLED=false"],
+            ["pipeline CPU, domain on / off",
+             f"{fmt_spread(spread(piped['pipeline_cpu_us_per_record_on']), '', 1)} / "
+             f"{fmt_spread(spread(piped['pipeline_cpu_us_per_record_off']), ' µs/record', 1)}",
+             "the pipeline process only"],
             ["on / off", fmt_spread(ratio, "", 2),
              f"target >= {TARGET_RATIO:g}: {met(ratio['median'] >= TARGET_RATIO)}"],
             ["timing written through", fmt_spread(caught, " s", 1),
-             "ready -> every device's timing_progress at its last fix"],
+             ("the timing instance's " if args.timing_instance == "after" else "")
+             + "ready -> every device's timing_progress at its last fix"],
             ["recomputes (last round)", ", ".join(f"{k} {v:.0f}" for k, v in
                                                   (piped["recomputes_by_reason"] or [{}])[-1]
                                                   .items()) or "none", "by reason"],
@@ -323,7 +391,8 @@ def main() -> int:
              ", ".join(f"{k} {v:.0f}" for k, v in restarts[-1]["recomputes_by_reason"].items())],
         ],
     )  # fmt: skip
-    out = RESULTS_DIR / "domain.json"
+    suffix = f"_timing_{args.timing_instance}" if args.timing_instance else ""
+    out = RESULTS_DIR / f"domain{suffix}.json"
     write_json(out, {"machine": machine(), "hot_path": hot, "pipeline": piped})
     print(f"results written to {out}")
     return 0

@@ -301,6 +301,7 @@ class Sandbox:
         on_ready: Callable[[list[ProcessorProcess]], None] | None = None,
         prepare: Callable[[], int] | None = None,
         live: bool = False,
+        beside: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Publish ``fields`` as a backlog, start ``instances`` processors, time the drain.
 
@@ -311,8 +312,12 @@ class Sandbox:
         entry (the broadcast plug-in's XREAD) see the records, as in production.
         The table is truncated first, so every run starts from the same empty table;
         ``prepare`` then may store rows of its own (it returns how many).
+        ``beside``: the env of one more processor on the same stream, started (and ready)
+        before the others and not part of the rate's clock, such as a timing instance
+        (``TIMING=consume``); its CPU is reported as ``beside``.
         Returns the figures; with ``keep_running`` the processes stay up
-        (``result["procs"]``), otherwise they are stopped and checked (exit 0, no errors).
+        (``result["procs"]``, ``beside`` last), otherwise they are stopped and checked
+        (exit 0, no errors).
         """
         n = len(fields)
         stream, group = self.stream(f"{label}-{uuid.uuid4().hex[:6]}"), "bench"
@@ -323,6 +328,9 @@ class Sandbox:
             started = time.perf_counter()
             publish(self.r, stream, fields)
             publish_s = time.perf_counter() - started
+        extra = [] if beside is None else [self.start(stream, group, beside, name="bench-beside")]
+        for proc in extra:
+            proc.wait_event("ready", 60)
         procs = [self.start(stream, group, env, name=f"bench-{i + 1}") for i in range(instances)]
         for proc in procs:
             proc.wait_event("ready", 60)
@@ -334,7 +342,7 @@ class Sandbox:
         if on_ready:
             on_ready(procs)
         backends = backend_pids(self.url)
-        before = _cpu(procs, backends, self.r)
+        before = _cpu(procs, backends, self.r, extra)
         wall0 = time.monotonic()
         if live:
             time.sleep(0.5)  # let every tail take its start id
@@ -344,17 +352,17 @@ class Sandbox:
             publish_s = time.perf_counter() - started
 
         def alive() -> bool:
-            return all(p.alive() for p in procs)
+            return all(p.alive() for p in procs + extra)
 
         try:
             wait_drained(self.r, stream, group, n, alive=alive, deadline_s=max(300.0, n / 200))
         except BenchError as exc:
             tails = "\n".join(
-                f"  processor {p.pid} (exit {p.proc.poll()}):\n{p.tail()}" for p in procs
+                f"  processor {p.pid} (exit {p.proc.poll()}):\n{p.tail()}" for p in procs + extra
             )
             raise BenchError(f"{label}: {exc}\n{tails}") from None
         wall = time.monotonic() - wall0
-        after = _cpu(procs, backends, self.r)
+        after = _cpu(procs, backends, self.r, extra)
         cpu = {k: 100 * (after[k] - before[k]) / wall for k in before}
         with pg_connect(self.url) as conn:
             count, last = conn.execute(
@@ -380,9 +388,9 @@ class Sandbox:
             result["metrics"] = scrape_metrics(http.get("url") if http else None)
         result["peak_rss_mb"] = [(rss_kb(p.pid, "VmHWM") or 0) / 1024 for p in procs]
         if keep_running:
-            result["procs"] = procs
+            result["procs"] = procs + extra
         else:
-            for proc in procs:
+            for proc in procs + extra:
                 self.stop(proc)
             self.r.delete(stream)
         log(
@@ -394,12 +402,17 @@ class Sandbox:
 
 
 def _cpu(
-    procs: Sequence[ProcessorProcess], backends: Sequence[int], r: redis.Redis
+    procs: Sequence[ProcessorProcess],
+    backends: Sequence[int],
+    r: redis.Redis,
+    beside: Sequence[ProcessorProcess] = (),
 ) -> dict[str, float]:
     """CPU seconds so far: each processor, their PostgreSQL backends, the Redis server."""
     out: dict[str, float] = {}
     for i, p in enumerate(procs):
         out[f"processor{i + 1}" if len(procs) > 1 else "processor"] = cpu_seconds(p.pid) or 0.0
+    for p in beside:
+        out["beside"] = cpu_seconds(p.pid) or 0.0
     out["postgres"] = sum(cpu_seconds(pid) or 0.0 for pid in backends)
     info = r.info("cpu")
     out["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])

@@ -247,6 +247,11 @@ def run(args: argparse.Namespace) -> int:
 
                 def prepare() -> int:
                     return prefill_devices(sb.url, 0, args.records, ts - timedelta(hours=1))
+        elif args.race:
+            from bench.domain import race_fields, store_race
+
+            store_race(sb.url)
+            fields = race_fields(max(1, args.records // 1000))
         else:
             _, fields = fleet_fields(args.records, args.devices)
         result["copy_ceiling_records_per_s"] = copy_ceiling(sb, args.records, args.devices)
@@ -359,6 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="CODE",
         help="Python run in the processor before it starts, for experiments"
         " (e.g. 'import gc; gc.freeze()')",
+    )
+    parser.add_argument(
+        "--race",
+        action="store_true",
+        help="bench.domain's race (200 geofences, 1,000 entered devices) in the Directus"
+        " tables, and its fixes (--records rounded to whole steps of 1,000) as the backlog",
     )
     parser.add_argument("--raw", help="keep py-spy's raw collapsed stacks in this file")
     parser.add_argument("--out", default=str(RESULTS_DIR / "profile.json"))

@@ -70,7 +70,9 @@ async def test_a_timing_instance_times_what_publishing_pipelines_commit(
     assert timing.plugins[0].observers == []  # it commits nothing to observe
     await wait_for(lambda: "start-0" in _records(url, race), what="swept start record")
 
-    # Through the feed, with the fix at 70 s held back and sent after the finish.
+    # Through the feed, with the fix at 70 s held back and sent after the finish; an entry
+    # that is not the feed's framing is skipped (logged), the tail goes on.
+    sync_redis.xadd(feed, {"payloads": b"\x00\x00\x00\x09{}"})
     _publish(sync_redis, settings.telemetry_stream, imei, fixes[3:7] + fixes[8:])
     await wait_for(lambda: "finish-9" in _records(url, race), what="finish record")
     _publish(sync_redis, settings.telemetry_stream, imei, [fixes[7]])
