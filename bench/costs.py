@@ -117,7 +117,7 @@ def rehydration_passes(
         sb.stop(proc)
     finally:
         proc.kill()
-        sb.r.delete(stream)
+        sb.drop_stream(stream)
     return out
 
 

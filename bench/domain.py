@@ -284,7 +284,7 @@ def pipeline(
         for proc in result["procs"]:
             sb.stop(proc)
         restarts.append(_restart(sb, result["stream"], timer or env))
-        sb.r.delete(result["stream"])
+        sb.drop_stream(result["stream"])
         on.append(result["records_per_s"])
         unmapped = sb.drain(fields, {**env, "DOMAIN_ENABLED": "false"}, label="domain-off")
         off.append(unmapped["records_per_s"])

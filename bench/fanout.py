@@ -712,7 +712,7 @@ def one_round(
         proc.kill()
         if caster is not None:
             caster.kill()
-        sb.r.delete(stream)
+        sb.drop_stream(stream)
     a = out["drain_no_clients"]["records_per_s"]
     b = out["drain_clients"]["records_per_s"]
     out["drain_ratio"] = b / a

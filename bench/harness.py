@@ -290,6 +290,12 @@ class Sandbox:
             raise BenchError(f"processor exit {code}, {len(errors)} error lines\n{proc.tail()}")
         return code
 
+    def drop_stream(self, stream: str) -> None:
+        """Delete a telemetry stream and the keys the processor names after it (its DLQ,
+        the timing and committed feeds): a later drain must not share Redis's memory
+        with an earlier one's leftovers."""
+        self.r.delete(stream, f"{stream}:dlq", f"{stream}:timing", f"{stream}:committed")
+
     def drain(
         self,
         fields: Sequence[dict[bytes, bytes]],
@@ -392,7 +398,7 @@ class Sandbox:
         else:
             for proc in procs + extra:
                 self.stop(proc)
-            self.r.delete(stream)
+            self.drop_stream(stream)
         log(
             f"{label}: {n} records, {instances} instance(s), {env or {}}: "
             f"{result['records_per_s']:,.0f} rec/s; CPU "

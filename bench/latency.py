@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 sb.stop(proc)
             finally:
                 proc.kill()
-                sb.r.delete(drained["stream"])
+                sb.drop_stream(drained["stream"])
             runs.append(
                 {
                     "linger_ms": linger,
