@@ -96,6 +96,7 @@ def default_factories(settings: Settings) -> list[PluginFactory]:
                 context.log.bind(plugin="timing feed"),
             )
             built_domain[0].add_timing_sink(feed.announce)
+            feed.instrument(context.metrics, "timing")
             return feed
 
         factories.append(make_timing_feed)
@@ -104,12 +105,14 @@ def default_factories(settings: Settings) -> list[PluginFactory]:
 
         def make_committed_feed(context: Context) -> Plugin:
             definitions = built_domain[0].definitions
-            return CommittedPublisher(
+            feed = CommittedPublisher(
                 context.streams,
                 committed_stream(settings.telemetry_stream),
                 lambda: definitions.current,
                 context.log.bind(plugin="committed feed"),
             )
+            feed.instrument(context.metrics, "committed")
+            return feed
 
         factories.append(make_committed_feed)
     if settings.ws_enabled:

@@ -20,8 +20,10 @@ from typing import Any, Generic, TypeVar
 import attrs
 import structlog
 import trio
+from prometheus_client import Counter
 
 from processor.core.backoff import Backoff
+from processor.core.metrics import Metrics
 from processor.core.redis_io import RedisStreams, RedisUnavailable
 
 T = TypeVar("T")
@@ -41,6 +43,7 @@ class StreamAppender(Generic[T]):
     pending_max: int
     chunk: int
     dropped: int = attrs.field(default=0, init=False)
+    _dropped_metric: Counter | None = attrs.field(default=None, init=False)
     _pending: collections.deque[T] = attrs.field(init=False)
     _wake: trio.Event = attrs.field(factory=trio.Event, init=False)
 
@@ -52,10 +55,18 @@ class StreamAppender(Generic[T]):
         """Items not yet in the stream."""
         return len(self._pending)
 
+    def instrument(self, metrics: Metrics, feed: str) -> None:
+        """Report this buffer as ``feed`` in ``processor_feed_pending`` / ``_dropped_total``."""
+        pending = self._pending
+        metrics.feed_pending.labels(feed).set_function(lambda: len(pending))
+        self._dropped_metric = metrics.feed_dropped.labels(feed)
+
     def put(self, item: T) -> None:
         """Buffer one item for the stream: synchronous, never blocks."""
         if len(self._pending) == self.pending_max:
             self.dropped += 1
+            if self._dropped_metric is not None:
+                self._dropped_metric.inc()
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 self.log.warning(f"{self.what} full: oldest dropped", n=self.dropped)
         self._pending.append(item)
@@ -116,6 +127,9 @@ class AppendingPlugin:
     @property
     def enricher(self) -> None:
         return None
+
+    def instrument(self, metrics: Metrics, feed: str) -> None:
+        self._appender.instrument(metrics, feed)
 
     @property
     def pending(self) -> int:

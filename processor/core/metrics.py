@@ -124,6 +124,18 @@ def _build(registry: CollectorRegistry, stream: str) -> dict[str, object]:
             "Crashes that wrote a panic dump (seen after restart in logs).",
             registry=registry,
         ),
+        "feed_pending": Gauge(
+            "processor_feed_pending",
+            "Items buffered for a Redis feed stream (timing: crossings, committed: fixes).",
+            ["feed"],
+            registry=registry,
+        ),
+        "feed_dropped": Counter(
+            "processor_feed_dropped_total",
+            "Items a full feed buffer dropped (Redis away too long); the database has them.",
+            ["feed"],
+            registry=registry,
+        ),
     }
     # The gauges are labelled by stream: ``lag`` & co. are the first stream's children;
     # with several shards the sampler sets one child per shard (``*_by_stream``).
@@ -173,6 +185,8 @@ class Metrics:
     ready: Gauge
     panic_dumps: Gauge
     panics: Counter
+    feed_pending: Gauge
+    feed_dropped: Counter
 
     @classmethod
     def create(cls, stream: str) -> Metrics:

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 import attrs
 import structlog
 import trio
+from prometheus_client import Counter
 
 from processor.core.appender import AppendingPlugin, StreamAppender
 from processor.core.codec import decode
@@ -122,7 +123,7 @@ class CommittedTail:
     block_ms: int
     deliver: Callable[[list[Position]], Awaitable[None]]
     log: structlog.typing.FilteringBoundLogger
-    skipped: int = attrs.field(default=0, init=False)  # entries, payloads that failed to decode
+    skipped: Counter  # entries, payloads that failed to decode
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         follower = Follower(
@@ -138,7 +139,7 @@ class CommittedTail:
                 try:
                     payloads = payloads_of(fields)
                 except ValueError as exc:
-                    self.skipped += 1
+                    self.skipped.inc()
                     self.log.warning("committed feed: entry skipped", id=entry_id, error=str(exc))
                     continue
                 for payload in payloads:
@@ -149,7 +150,7 @@ class CommittedTail:
                             decode({b"payload": payload}, now=now, future_tolerance_s=math.inf)
                         )
                     except PoisonRecord as exc:
-                        self.skipped += 1
+                        self.skipped.inc()
                         self.log.warning("committed feed: payload skipped", id=entry_id,
                                          error=str(exc))  # fmt: skip
             if positions:

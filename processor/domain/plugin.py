@@ -92,6 +92,7 @@ class DomainMetrics:
     write_failures: Counter
     backlog_devices: Gauge
     timing_deferred: Gauge
+    feed_skipped: Counter
 
     @classmethod
     def create(cls, registry: Any) -> DomainMetrics:
@@ -130,6 +131,12 @@ class DomainMetrics:
             timing_deferred=Gauge(
                 "processor_domain_timing_deferred",
                 "1 while timing waits for the writer to drain a backlog (at most 2 s at a time).",
+                registry=registry,
+            ),
+            feed_skipped=Counter(
+                "processor_domain_feed_skipped_total",
+                "TIMING=consume: committed-feed entries or payloads that did not decode"
+                " (skipped; the catch-up times their stored rows).",
                 registry=registry,
             ),
         )
@@ -268,7 +275,9 @@ class DomainPlugin:
                     # Before the worker's first sweep: what is committed after the tail's
                     # start comes through it, what was committed before, the sweep reads.
                     streams, key, block_ms = self.feed
-                    tail = CommittedTail(streams, key, block_ms, self._feed, self.log)
+                    tail = CommittedTail(
+                        streams, key, block_ms, self._feed, self.log, self.metrics.feed_skipped
+                    )
                     await nursery.start(tail.run)
                 if self.timing:
                     nursery.start_soon(self._work)

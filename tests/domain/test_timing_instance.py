@@ -88,6 +88,10 @@ async def test_a_timing_instance_times_what_publishing_pipelines_commit(
         ),
         what="late fix recomputed",
     )
+    # The entry that was not the feed's framing:
+    assert timing.metrics.registry.get_sample_value("processor_domain_feed_skipped_total") == 1
+    sample = pipeline.metrics.registry.get_sample_value
+    assert sample("processor_feed_pending", {"feed": "committed"}) == 0
     assert _records(url, race) == {
         "start-0": at(5), "checkpoint-1": at(25), "checkpoint-2": at(46.667), "finish-9": at(95),
     }  # fmt: skip

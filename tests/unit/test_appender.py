@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from processor.core.appender import StreamAppender
+from processor.core.metrics import Metrics
 from processor.core.redis_io import RedisUnavailable
 from processor.logs import make_logger
 from tests.helpers import wait_for
@@ -65,10 +66,15 @@ async def test_items_go_in_order_in_chunks(nursery: trio.Nursery) -> None:
 
 async def test_a_full_buffer_drops_the_oldest_and_counts_them() -> None:
     feed = appender(HeldAppend(), pending_max=5)
+    metrics = Metrics.create("s")
+    feed.instrument(metrics, "test")
     for i in range(8):
         feed.put(i)
     assert (feed.pending, feed.dropped) == (5, 3)
     assert list(feed._pending) == [3, 4, 5, 6, 7]
+    sample = metrics.registry.get_sample_value
+    assert sample("processor_feed_pending", {"feed": "test"}) == 5
+    assert sample("processor_feed_dropped_total", {"feed": "test"}) == 3
 
 
 async def test_drops_while_a_chunk_is_in_flight_never_lose_an_unsent_item(
