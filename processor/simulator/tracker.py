@@ -19,7 +19,7 @@ from typing import Final
 
 import attrs
 
-from processor.core.model import Position
+from processor.core.model import Position, evolve
 from processor.simulator import geo
 from processor.simulator.devices import Device, Telemetry
 from processor.simulator.motion import Driver
@@ -84,7 +84,7 @@ def deliveries(
                 yield Delivery(
                     receipt_ms=last_receipt,
                     device=device.index,
-                    position=attrs.evolve(position, received_at=received),
+                    position=evolve(position, received_at=received),
                     late=True,
                 )
             buffered, gap_end_ms = [], None
@@ -128,7 +128,7 @@ def deliveries(
         yield Delivery(
             receipt_ms=last_receipt,
             device=device.index,
-            position=attrs.evolve(position, received_at=received),
+            position=evolve(position, received_at=received),
             late=False,
         )
 

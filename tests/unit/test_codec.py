@@ -13,7 +13,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import attrs
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +30,7 @@ from processor.core.errors import (
     PoisonRecord,
     UnknownVersion,
 )
-from processor.core.model import Position
+from processor.core.model import Position, evolve
 
 NOW = datetime(2026, 5, 12, 9, 35, 0, tzinfo=UTC)
 TOLERANCE_S = 600.0
@@ -454,7 +453,7 @@ def test_every_raised_kind_is_registered() -> None:
 
 
 def test_encode_writes_the_contract_form() -> None:
-    position = attrs.evolve(
+    position = evolve(
         EXAMPLE_POSITION,
         ts=datetime(2026, 5, 12, 11, 31, 2, 123999, tzinfo=timezone(timedelta(hours=2))),
         attributes={"1": 2**53 - 1, "2": 2**53, "3": -(2**53), "4": b"\x01\x02\x03"},
@@ -558,15 +557,41 @@ def decodes_or_poison(fields: dict[bytes, bytes]) -> None:
         assert outcome.reason
     else:
         assert type(outcome) is Position
+    if b"payload" in fields:
+        paths_agree(fields[b"payload"])
+
+
+def paths_agree(raw: Any) -> Position | None:
+    """The fast path either gives up or decodes exactly what the reference path does
+    (types of attribute values included); it never accepts what the reference rejects.
+    Returns the fast path's result."""
+    fast = codec._fast(raw, NOW, TOLERANCE_S)
+    try:
+        reference: Position | None = codec._reference(raw, NOW, TOLERANCE_S)
+    except PoisonRecord:
+        reference = None
+    if fast is not None:
+        assert fast == reference
+        assert reference is not None
+        assert [type(v) for v in fast.attributes.values()] == [
+            type(v) for v in reference.attributes.values()
+        ]
+        assert list(fast.attributes) == list(reference.attributes)
+    return fast
 
 
 @PROPERTY
 @given(positions())
 def test_round_trip(position: Position) -> None:
-    decoded = codec.decode(codec.encode(position), now=position.ts, future_tolerance_s=0)
+    encoded = codec.encode(position)
+    decoded = codec.decode(encoded, now=position.ts, future_tolerance_s=0)
     assert decoded == position
     for key, value in position.attributes.items():
         assert type(decoded.attributes[key]) is type(value)
+    if position.ts <= NOW and all(
+        not isinstance(v, int) or -(2**63) <= v < 2**64 for v in position.attributes.values()
+    ):  # what ingestion writes takes the fast path
+        assert paths_agree(encoded[b"payload"]) == position
 
 
 @PROPERTY

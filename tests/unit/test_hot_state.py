@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.core.hot_state import DeviceStates
+from processor.core.model import evolve
 from tests.helpers import BASE_TIME, make_position
 
 NOW = datetime(2026, 5, 12, tzinfo=UTC)
@@ -106,11 +106,11 @@ def test_a_no_fix_record_is_seen_but_never_hides_the_last_real_position() -> Non
     states = DeviceStates(10)
     states.observe(make_position("a", second=1), NOW)
     no_fix = make_position("a", second=5, latitude=0.0, longitude=0.0, satellites=0)
-    state = states.observe(attrs.evolve(no_fix, fix_valid=False), NOW)
+    state = states.observe(evolve(no_fix, fix_valid=False), NOW)
     assert state.last_position is not None
     assert state.last_position.ts == BASE_TIME + timedelta(seconds=1)
     assert state.position_count_session == 2
-    only_no_fix = states.observe(attrs.evolve(no_fix, device_id="b", fix_valid=False), NOW)
+    only_no_fix = states.observe(evolve(no_fix, device_id="b", fix_valid=False), NOW)
     assert only_no_fix.last_position is None
 
 
