@@ -75,7 +75,10 @@ class Writer:
         self.metrics.batch_size.observe(len(batch))
 
         outcomes = _outcomes(batch, inserted, {id(e) for e, _ in rejected})
-        committed = [e for e, o in zip(batch, outcomes, strict=True) if o.committed]
+        if rejected:
+            committed = [e for e, o in zip(batch, outcomes, strict=True) if o.committed]
+        else:
+            committed = batch
         n_inserted = outcomes.count(Outcome.INSERTED)
         n_duplicate = len(committed) - n_inserted
         self.metrics.rows.labels("inserted").inc(n_inserted)
@@ -84,9 +87,10 @@ class Writer:
         self.log.debug("written", inserted=n_inserted, duplicates=n_duplicate, failed=len(rejected))
 
         now = datetime.now(UTC)
+        observe, inserted_outcome, failed = self.states.observe, Outcome.INSERTED, Outcome.FAILED
         for entry, outcome in zip(batch, outcomes, strict=True):
-            if outcome.committed:
-                self.states.observe(entry.position, now, new=outcome is Outcome.INSERTED)
+            if outcome is not failed:
+                observe(entry.position, now, new=outcome is inserted_outcome)
         now_s = now.timestamp()
         self.metrics.e2e_latency.observe_many(
             max(0.0, now_s - entry_id_millis(e.entry_id) / 1000) for e in committed
@@ -171,6 +175,9 @@ def _outcomes(
     batch: list[Entry], inserted: set[tuple[str, datetime]], rejected: set[int]
 ) -> list[Outcome]:
     """Per entry: the first entry of an inserted key is the insert, later twins duplicates."""
+    if not rejected and len(inserted) == len(batch):
+        # As many distinct keys inserted as entries: each entry is its key's only one.
+        return [Outcome.INSERTED] * len(batch)
     fresh = set(inserted)
     outcomes = []
     for entry in batch:

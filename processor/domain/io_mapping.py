@@ -85,40 +85,60 @@ def _hex(value: AttributeValue) -> str:
     return format(int(value), "x")
 
 
+# One rule's lines in a compiled ``apply`` (``{i}``: the rule's constants K, N, S).
+_RULE_CODE = {
+    ("number", False): """
+    v = get(K{i})
+    if v is not None and v.__class__ is not bytes:
+        out[N{i}] = v""",
+    ("number", True): """
+    v = get(K{i})
+    if v is not None and v.__class__ is not bytes:
+        out[N{i}] = v * S{i}""",
+    ("bool", False): """
+    v = get(K{i})
+    if v is not None:
+        out[N{i}] = any(v) if v.__class__ is bytes else v != 0""",
+    ("bytes", False): """
+    v = get(K{i})
+    if v is not None:
+        out[N{i}] = hex_text(v)""",
+}
+
+
+def _compile(rules: tuple[IoRule, ...]) -> Any:
+    """The rules as one straight-line function: per record, a dict lookup and a test
+    per rule, no loop, no tuple unpacking, no call per element (``bench.profile``: the
+    loop over rule tuples cost ~2 µs per record on the write path). Names, keys and
+    scales from Directus are constants in the function's namespace, never source text.
+    """
+    namespace: dict[str, Any] = {"hex_text": _hex}
+    lines = ["def apply(attributes):", "    get = attributes.get", "    out = {}"]
+    for i, rule in enumerate(rules):
+        namespace[f"K{i}"], namespace[f"N{i}"], namespace[f"S{i}"] = (
+            str(rule.io_id), rule.name, rule.scale
+        )  # fmt: skip
+        scaled = rule.kind == "number" and rule.scale != 1.0
+        lines.append(_RULE_CODE[(rule.kind, scaled)].format(i=i))
+    lines.append("    return out or None")
+    exec(compile("\n".join(lines), "<io mapping>", "exec"), namespace)
+    return namespace["apply"]
+
+
 @attrs.frozen
 class IoMapping:
-    """The rules of one model, compiled to ``(key, name, scale, kind)`` tuples."""
+    """The rules of one model, compiled into one function (``_compile``)."""
 
     rules: tuple[IoRule, ...]
-    _compiled: tuple[tuple[str, str, float, str], ...] = attrs.field(
-        init=False, repr=False, eq=False
-    )
+    _apply: Any = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        compiled = tuple((str(r.io_id), r.name, r.scale, r.kind) for r in self.rules)
-        object.__setattr__(self, "_compiled", compiled)
+        object.__setattr__(self, "_apply", _compile(self.rules))
 
     def apply(self, attributes: Mapping[str, AttributeValue]) -> dict[str, Any] | None:
         """Named attributes for a raw bag; None when no rule's IO element is present."""
-        out: dict[str, Any] | None = None
-        get = attributes.get
-        for key, name, scale, kind in self._compiled:
-            value = get(key)
-            if value is None:
-                continue
-            named: Any
-            if kind == "number":
-                named = _number(value, scale)
-                if named is None:
-                    continue
-            elif kind == "bool":
-                named = _flag(value)
-            else:
-                named = _hex(value)
-            if out is None:
-                out = {}
-            out[name] = named
-        return out
+        result: dict[str, Any] | None = self._apply(attributes)
+        return result
 
 
 DEFAULT_MAPPING = IoMapping(TELTONIKA_DEFAULTS)

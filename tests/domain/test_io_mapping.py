@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.domain.definition import build_definition
-from processor.domain.io_mapping import DEFAULT_MAPPING, InvalidMapping, IoMappings, IoRule
+from processor.domain.io_mapping import (
+    DEFAULT_MAPPING,
+    InvalidMapping,
+    IoMapping,
+    IoMappings,
+    IoRule,
+)
 from processor.domain.plugin import Definitions, IoEnricher
 from tests.domain.course import raw_rows
 from tests.helpers import make_position
@@ -96,3 +105,56 @@ def test_enricher_is_fast() -> None:
             enricher.derive(position)
         best = min(best, (time.perf_counter() - started) / n)
     assert best < 5e-6, f"{best * 1e6:.2f} µs per record"
+
+
+def interpreted(rules: tuple[IoRule, ...], attributes: dict[str, Any]) -> dict[str, Any] | None:
+    """What a mapping means, rule by rule in order (the compiled function must agree)."""
+    out: dict[str, Any] = {}
+    for rule in rules:
+        value = attributes.get(str(rule.io_id))
+        if value is None:
+            continue
+        if rule.kind == "number":
+            if isinstance(value, bytes):
+                continue
+            out[rule.name] = value if rule.scale == 1.0 else value * rule.scale
+        elif rule.kind == "bool":
+            out[rule.name] = any(value) if isinstance(value, bytes) else value != 0
+        else:
+            out[rule.name] = value.hex() if isinstance(value, bytes) else format(int(value), "x")
+    return out or None
+
+
+io_ids = st.integers(0, 12)
+rule_lists = st.lists(
+    st.builds(
+        IoRule,
+        io_id=io_ids,
+        name=st.sampled_from(["a", "b", "c", "x'y", '"; import os; "', "\\n"]),
+        scale=st.sampled_from([1.0, 0.001, -2.5, 10.0]),
+        kind=st.sampled_from(["number", "bool", "bytes"]),
+    ),
+    max_size=8,
+).map(tuple)
+bags = st.dictionaries(
+    io_ids.map(str),
+    st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.binary(max_size=4),
+    max_size=10,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(rule_lists, bags)
+def test_the_compiled_mapping_means_what_its_rules_say(
+    rules: tuple[IoRule, ...], attributes: dict[str, Any]
+) -> None:
+    """Same names, values, value types and order as the rules read one by one, for any
+    rule set Directus may hold: repeated ids and names (a later rule wins), every kind
+    on every value type, names that would be code if they were pasted into source."""
+    expected = interpreted(rules, attributes)
+    got = IoMapping(rules).apply(attributes)
+    assert got == expected
+    if got is not None and expected is not None:
+        assert list(got) == list(expected)
+        assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]

@@ -8,6 +8,7 @@ PoisonRecord (anything else would crash the pipeline on the same entry forever).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -738,3 +739,32 @@ def test_a_peeked_device_that_is_not_the_records_own_is_poison_to_decode() -> No
         codec.decode(fields, now=NOW, future_tolerance_s=TOLERANCE_S)
     assert codec.peek_device_id({}) is None
     assert codec.peek_device_id({b"payload": b'{"device_id":"abc'}) is None
+
+
+sentinel_texts = (
+    st.text(alphabet="ABCDEFabcdef0123456789+/=-", max_size=12)
+    | st.text(max_size=8)
+    | st.binary(max_size=9).map(lambda b: base64.b64encode(b).decode())
+    | st.integers(-(2**80), 2**80).map(str)
+)
+
+
+@PROPERTY
+@given(st.sampled_from(["__bigint", "__buffer_b64", "other"]), sentinel_texts)
+def test_the_fast_sentinel_decoder_agrees_with_the_reference(tag: str, text: str) -> None:
+    """Gives up, or returns what ``_unsentinel`` returns (same type); never accepts what
+    it rejects."""
+    fast = codec._fast_sentinel({tag: text})
+    try:
+        reference: object = codec._unsentinel("1", {tag: text})
+    except PoisonRecord:
+        reference = None
+    if fast is not None:
+        assert fast == reference
+        assert type(fast) is type(reference)
+    if tag != "other" and text.isascii() and (
+        (tag == "__bigint" and text.lstrip("-").isdigit() and text.count("-") <= 1
+         and not text.startswith("--"))
+        or (tag == "__buffer_b64" and reference is not None)
+    ):  # fmt: skip
+        assert fast is not None, "what ingestion writes takes the fast path"
