@@ -3,12 +3,12 @@
 ``Position`` is what a contract record means once decoded; ``Entry`` ties it to the stream
 entry it came from, because the ack rule is about entries, not positions.
 
-``Position`` is a frozen msgspec ``Struct``, not an attrs class like the rest: one is
-made per record, and a frozen attrs class sets each of its 14 fields through
-``object.__setattr__`` (~1 µs per record, ``bench.profile``); a Struct is built in C,
-and ``gc=False`` keeps the hundred thousand positions that hot state holds out of the
-cyclic garbage collector's passes (a position holds no references back to anything).
-Copy one with a change through ``evolve``.
+These are frozen msgspec ``Struct``s, not attrs classes like the rest of the code's
+values: one of each is made per record, and a frozen attrs class sets every field
+through ``object.__setattr__`` (~1 µs per record for ``Position``'s 14); a Struct is
+built in C, and ``gc=False`` keeps the hundred thousand positions that hot state holds
+out of the cyclic garbage collector's passes (they hold no references back to anything
+that could make a cycle). Copy a position with a change through ``evolve``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import attrs
 import msgspec
 
 AttributeValue = int | float | bytes
@@ -51,8 +50,7 @@ def evolve(position: Position, **changes: Any) -> Position:
     return msgspec.structs.replace(position, **changes)
 
 
-@attrs.frozen(slots=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True, gc=False):
     """A decoded stream entry: the id to ack, the position, and the original fields.
 
     The fields ride along (a reference, not a copy) so a record PostgreSQL rejects can be
@@ -63,12 +61,11 @@ class Entry:
 
     entry_id: str
     position: Position
-    fields: Mapping[bytes, bytes] = attrs.field(factory=dict, repr=False, eq=False)
+    fields: Mapping[bytes, bytes] = msgspec.field(default_factory=dict)
     stream: str = ""
 
 
-@attrs.frozen(slots=True)
-class RawEntry:
+class RawEntry(msgspec.Struct, frozen=True, gc=False):
     """A stream entry as Redis returned it, before decoding (kept for dead-lettering)."""
 
     entry_id: str

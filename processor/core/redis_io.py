@@ -39,8 +39,12 @@ def _id(value: bytes | str) -> str:
 
 
 def _entries(raw: Sequence[Any]) -> list[RawEntry]:
-    # A trimmed entry still in a PEL comes back with no fields (None or empty).
-    return [RawEntry(_id(entry_id), dict(fields or {})) for entry_id, fields in raw]
+    # A trimmed entry still in a PEL comes back with no fields (None or empty). The reply's
+    # own dicts are kept (redis-py builds a new one per entry), not copied.
+    return [
+        RawEntry(_id(entry_id), fields if type(fields) is dict else dict(fields or {}))
+        for entry_id, fields in raw
+    ]
 
 
 def cluster_url(url: str) -> str:
