@@ -57,16 +57,6 @@ class Geofence:
         minx, miny, maxx, maxy = (float(v) for v in self.shape.bounds)
         object.__setattr__(self, "bounds", (minx, miny, maxx, maxy))
 
-    def meets(self, x0: float, y0: float, x1: float, y1: float) -> bool:
-        """The envelopes of the geofence and of the segment intersect (a cheap pre-test)."""
-        minx, miny, maxx, maxy = self.bounds
-        return (
-            min(x0, x1) <= maxx
-            and max(x0, x1) >= minx
-            and min(y0, y1) <= maxy
-            and max(y0, y1) >= miny
-        )
-
     @property
     def is_line(self) -> bool:
         return self.kind in LINE_KINDS
@@ -214,8 +204,16 @@ class Neighbourhood:
         )
 
     def near(self, x0: float, y0: float, x1: float, y1: float) -> list[Geofence]:
-        """Geofences whose envelope meets the segment's (the segment must be covered)."""
-        return [g for g in self.geofences if g.meets(x0, y0, x1, y1)]
+        """Geofences whose envelope meets the segment's (the segment must be covered):
+        a cheap pre-test before any geometry. It runs for every fix against each nearby
+        geofence, so the segment's envelope is taken once and the test is inline."""
+        lox, hix = (x0, x1) if x0 <= x1 else (x1, x0)
+        loy, hiy = (y0, y1) if y0 <= y1 else (y1, y0)
+        return [
+            g
+            for g in self.geofences
+            if (b := g.bounds)[0] <= hix and b[2] >= lox and b[1] <= hiy and b[3] >= loy
+        ]
 
 
 def contains(zone: Geofence, x: float, y: float) -> bool:

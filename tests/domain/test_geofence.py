@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processor.domain.definition import build_definition
-from processor.domain.geofence import GeometryError, parse_geometry, segment_crossing
+from processor.domain.geofence import (
+    Geofence,
+    GeometryError,
+    Neighbourhood,
+    parse_geometry,
+    segment_crossing,
+)
 from processor.domain.timing import interpolate, replay
 from tests.domain.course import DEVICE, ENTRY, LAT, START_LON, at, definition, fix, line, raw_rows
 
@@ -134,3 +143,36 @@ def test_stage_window_excludes_crossings_outside_it() -> None:
     ok = replay(d, DEVICE, [fix(100, 13.99), fix(110, 14.01)])
     assert ok.records[(ENTRY, 1)].crossed_at == at(105)
     assert timedelta(0) == ok.records[(ENTRY, 1)].crossed_at - at(105)
+
+
+def _meets(bounds: tuple[float, float, float, float], x0: float, y0: float, x1: float,
+           y1: float) -> bool:  # fmt: skip
+    minx, miny, maxx, maxy = bounds
+    return (
+        min(x0, x1) <= maxx and max(x0, x1) >= minx and min(y0, y1) <= maxy and max(y0, y1) >= miny
+    )
+
+
+coordinate = st.floats(-1.0, 1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(coordinate, coordinate, coordinate, coordinate), max_size=8),
+    coordinate, coordinate, coordinate, coordinate,
+)  # fmt: skip
+def test_near_keeps_exactly_the_geofences_whose_envelope_meets_the_segments(
+    boxes: list[tuple[float, float, float, float]], x0: float, y0: float, x1: float, y1: float
+) -> None:
+    """Touching counts (an envelope edge on the segment's), in either direction of travel."""
+
+    def zone(i: int, a: float, b: float, c: float, d: float) -> Geofence:
+        box = shapely.box(min(a, c), min(b, d), max(a, c), max(b, d))
+        return Geofence(id=i, event_id=1, stage_id=None, kind="zone", name=f"z{i}",
+                        sequence=0, speed_limit_kmh=None, shape=box)  # fmt: skip
+
+    fences = tuple(zone(i, *box) for i, box in enumerate(boxes))
+    around = Neighbourhood((-1.0, -1.0, 1.0, 1.0), fences)
+    expected = [g for g in fences if _meets(g.bounds, x0, y0, x1, y1)]
+    assert around.near(x0, y0, x1, y1) == expected
+    assert around.near(x1, y1, x0, y0) == expected
