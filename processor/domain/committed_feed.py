@@ -55,6 +55,15 @@ def committed_stream(telemetry_stream: str) -> str:
     return f"{telemetry_stream}:committed"
 
 
+@attrs.frozen
+class FeedSource:
+    """Where a ``TIMING=consume`` instance reads committed fixes from."""
+
+    streams: RedisStreams
+    key: str
+    block_ms: int
+
+
 def entry_fields(payloads: Sequence[bytes]) -> dict[bytes, bytes]:
     """One stream entry: the payloads in commit order, each behind its 4-byte length.
 

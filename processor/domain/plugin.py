@@ -45,9 +45,8 @@ from prometheus_client import Counter, Gauge
 from processor.core.backoff import Backoff
 from processor.core.model import Entry, Outcome, Position
 from processor.core.pg_io import PostgresUnavailable, RowsRejected
-from processor.core.redis_io import RedisStreams
 from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits
-from processor.domain.committed_feed import CommittedTail, committed_stream
+from processor.domain.committed_feed import CommittedTail, FeedSource, committed_stream
 from processor.domain.definition import EMPTY, RaceDefinition, build_definition
 from processor.domain.live import LiveEngine, TimingPass
 from processor.domain.results import TimingRecord, Write
@@ -216,7 +215,7 @@ class DomainPlugin:
     # pipeline for the IO mapping of its rows and for choosing the fixes it publishes.
     timing: bool = True
     # TIMING=consume: the worker's fixes come from this stream (``committed_feed``).
-    feed: tuple[RedisStreams, str, int] | None = None  # (streams, key, block_ms)
+    feed: FeedSource | None = None
     # The writer's BATCH_MAX: a batch this full means a backlog (``TimingObserver``).
     batch_max: int = 0
     log: Log
@@ -274,9 +273,14 @@ class DomainPlugin:
                 if self.feed is not None:
                     # Before the worker's first sweep: what is committed after the tail's
                     # start comes through it, what was committed before, the sweep reads.
-                    streams, key, block_ms = self.feed
+                    feed = self.feed
                     tail = CommittedTail(
-                        streams, key, block_ms, self._feed, self.log, self.metrics.feed_skipped
+                        feed.streams,
+                        feed.key,
+                        feed.block_ms,
+                        self._feed,
+                        self.log,
+                        self.metrics.feed_skipped,
                     )
                     await nursery.start(tail.run)
                 if self.timing:
@@ -450,7 +454,7 @@ def domain_plugin(context: Context) -> DomainPlugin:
     return DomainPlugin(
         refresh_s=s.domain_refresh_s,
         timing=s.times_here,
-        feed=(context.streams, committed_stream(s.telemetry_stream), s.block_ms)
+        feed=FeedSource(context.streams, committed_stream(s.telemetry_stream), s.block_ms)
         if consume
         else None,
         batch_max=s.batch_max,
