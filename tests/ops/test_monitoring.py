@@ -112,6 +112,7 @@ def test_alerts_cover_the_operations_table() -> None:
         "processor_end_to_end_seconds_bucket",
         "processor_write_retries_total",
         "processor_panic_exits_total",
+        "processor_feed_dropped_total",
     ):
         assert re.search(rf"\b{metric}\b", expressions), f"no alert uses {metric}"
 
