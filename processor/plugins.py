@@ -100,7 +100,7 @@ def default_factories(settings: Settings) -> list[PluginFactory]:
             return feed
 
         factories.append(make_timing_feed)
-    if settings.domain_enabled and settings.timing == "publish":
+    if settings.timing == "publish":  # config refuses it without the domain
         from processor.domain.committed_feed import CommittedPublisher, committed_stream
 
         def make_committed_feed(context: Context) -> Plugin:

@@ -212,6 +212,7 @@ def _fast_sentinel(sentinel: dict[str, str]) -> AttributeValue | None:
 
 
 def _fast_instant(text: str) -> datetime | None:
+    """The contract's timestamp shape as an aware UTC datetime; None if it is not one."""
     if _DATETIME(text) is None:
         return None
     try:
@@ -362,12 +363,8 @@ def _instant(obj: dict[str, Any], name: str) -> datetime | None:
     value = obj.get(name)
     if value is None:
         return None
-    if type(value) is str and _DATETIME(value) is not None:
-        try:
-            parsed = datetime.fromisoformat(value)
-            return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
-        except (ValueError, OverflowError):
-            pass
+    if type(value) is str and (parsed := _fast_instant(value)) is not None:
+        return parsed
     raise InvalidField(
         f"{name}: {_show(value)} is not an ISO-8601 date-time with seconds and Z or an offset"
     )

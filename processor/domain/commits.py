@@ -15,8 +15,12 @@ is still timed.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 import attrs
 import trio
+
+from processor.core.model import Entry, Outcome
 
 # While the writer writes full batches (a backlog drains), timing waits for it: the
 # chunks' devices are noted and caught up from the database once a batch is not full,
@@ -25,6 +29,20 @@ import trio
 DEFER_UNDER_BACKLOG_S = 2.0
 # How often waiting timing work looks whether the backlog is drained.
 DEFER_POLL_S = 0.05
+
+
+def to_time(
+    entries: Sequence[Entry], outcomes: Sequence[Outcome], entered: Collection[str]
+) -> list[Entry]:
+    """The entries of a committed batch that timing must see: newly inserted (a
+    duplicate's first delivery was timed already), with a GPS fix, of an entered device.
+    The inline observer hands their positions to the worker; a ``TIMING=publish``
+    pipeline publishes their payloads to the timing instance."""
+    return [
+        e
+        for e, o in zip(entries, outcomes, strict=True)
+        if o is Outcome.INSERTED and e.position.fix_valid and e.position.device_id in entered
+    ]
 
 
 @attrs.define

@@ -38,6 +38,7 @@ from processor.core.follow import Follower
 from processor.core.model import Entry, Outcome, Position
 from processor.core.observer import CommitObserver
 from processor.core.redis_io import RedisStreams
+from processor.domain.commits import to_time
 from processor.domain.definition import RaceDefinition
 
 # Stream entries kept (XADD MAXLEN ~), each up to _CHUNK payloads of ~400 bytes: about
@@ -109,14 +110,11 @@ class CommittedPublisher(AppendingPlugin):
         return (self,)
 
     async def committed(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
-        entered = self.definition().entries_by_device
         put = self._appender.put
-        for entry, outcome in zip(entries, outcomes, strict=True):
-            position = entry.position
-            if outcome is Outcome.INSERTED and position.fix_valid and position.device_id in entered:
-                payload = entry.fields.get(b"payload")
-                if payload is not None:
-                    put(payload)
+        for entry in to_time(entries, outcomes, self.definition().entries_by_device):
+            payload = entry.fields.get(b"payload")
+            if payload is not None:
+                put(payload)
 
 
 @attrs.define

@@ -65,27 +65,14 @@ TELTONIKA_DEFAULTS: tuple[IoRule, ...] = (
 )
 
 
-def _number(value: AttributeValue, scale: float) -> float | int | None:
-    if isinstance(value, bytes):
-        return None  # a number rule on a buffer: the model table is wrong, not the fix
-    if scale == 1.0:
-        return value
-    return value * scale
-
-
-def _flag(value: AttributeValue) -> bool:
-    if isinstance(value, bytes):
-        return any(value)
-    return value != 0
-
-
 def _hex(value: AttributeValue) -> str:
     if isinstance(value, bytes):
         return value.hex()
     return format(int(value), "x")
 
 
-# One rule's lines in a compiled ``apply`` (``{i}``: the rule's constants K, N, S).
+# One rule's lines in a compiled ``apply`` (``{i}``: the rule's constants K, N, S). A
+# number rule skips a buffer value: the model table is wrong then, not the fix.
 _RULE_CODE = {
     ("number", False): """
     v = get(K{i})

@@ -45,7 +45,7 @@ from prometheus_client import Counter, Gauge
 from processor.core.backoff import Backoff
 from processor.core.model import Entry, Outcome, Position
 from processor.core.pg_io import PostgresUnavailable, RowsRejected
-from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits
+from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits, to_time
 from processor.domain.committed_feed import CommittedTail, FeedSource, committed_stream
 from processor.domain.definition import EMPTY, RaceDefinition, build_definition
 from processor.domain.live import LiveEngine, TimingPass
@@ -184,13 +184,7 @@ class TimingObserver:
 
     async def committed(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
         entries_by_device = self.definitions.current.entries_by_device
-        fresh = [
-            e.position
-            for e, o in zip(entries, outcomes, strict=True)
-            if o is Outcome.INSERTED
-            and e.position.fix_valid
-            and e.position.device_id in entries_by_device
-        ]
+        fresh = [e.position for e in to_time(entries, outcomes, entries_by_device)]
         if fresh:
             self.commits.count += 1
             if not self.commits.defer(len(entries), self.batch_max):
@@ -450,7 +444,7 @@ class DomainPlugin:
 def domain_plugin(context: Context) -> DomainPlugin:
     """The plug-in factory for ``processor.plugins.default_factories``."""
     s = context.settings
-    consume = s.times_here and s.timing == "consume"
+    consume = s.timing == "consume"  # config refuses it without the domain
     return DomainPlugin(
         refresh_s=s.domain_refresh_s,
         timing=s.times_here,
