@@ -8,7 +8,7 @@ so the map is an ``OrderedDict`` used as an LRU: every update is O(1) (lookup,
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
 import attrs
@@ -56,6 +56,37 @@ class DeviceStates:
         if position.fix_valid and (last is None or position.ts > last.ts):
             state.last_position = position
         return state
+
+    def observe_many(
+        self, positions: Sequence[Position], seen_at: datetime, new: Sequence[bool] | None = None
+    ) -> None:
+        """``observe`` for each of a committed batch, in order (``new`` per position; None:
+        all new). The writer's loop, once per record, so ``_touch`` is inlined here: the
+        call per record cost ~1 µs of the pipeline's ~17 µs (``python -m
+        bench.record_path``)."""
+        states, get, move, capacity = (
+            self._states,
+            self._states.get,
+            self._states.move_to_end,
+            self.capacity,
+        )
+        for i, position in enumerate(positions):
+            device_id = position.device_id
+            state = get(device_id)
+            if state is None:
+                state = states[device_id] = DeviceState()
+                if len(states) > capacity:
+                    states.popitem(last=False)
+                    self.evictions += 1
+            else:
+                move(device_id)
+            state.last_seen = seen_at
+            if new is None or new[i]:
+                state.position_count_session += 1
+            if position.fix_valid:
+                last = state.last_position
+                if last is None or position.ts > last.ts:
+                    state.last_position = position
 
     def seed(self, device_id: str, newest: Position | None) -> None:
         """Start a device's state from storage (rehydration) unless it is already known."""

@@ -31,7 +31,8 @@ propagates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any
 
@@ -186,6 +187,36 @@ class _JsonTextBinaryDumper(Dumper):
         return b"\x01" + obj.encode()
 
 
+class AllRows(AbstractSet[tuple[str, datetime]]):
+    """The keys of a batch that went in whole (the direct COPY: every key new, and
+    distinct, or the unique index would have refused it), hashed only if asked: the
+    writer only needs their number, and a set of 1,000 ``(device_id, ts)`` built per
+    batch cost ~4 % of the pipeline's CPU without I/O (``python -m bench.record_path``).
+    """
+
+    def __init__(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self._rows = rows
+        self._keys: set[tuple[str, datetime]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._set()
+
+    def __iter__(self) -> Iterator[tuple[str, datetime]]:
+        return iter(self._set())
+
+    @classmethod
+    def _from_iterable(cls, keys: Iterable[Any]) -> set[Any]:
+        return set(keys)  # what ``|``, ``&`` and ``-`` build: a plain set
+
+    def _set(self) -> set[tuple[str, datetime]]:
+        if self._keys is None:
+            self._keys = {(row[0], row[1]) for row in self._rows}
+        return self._keys
+
+
 @attrs.define
 class PositionStore:
     """The writer's PostgreSQL connection (and rehydration reads); see ``PgSession``.
@@ -215,7 +246,7 @@ class PositionStore:
 
     async def insert(
         self, positions: Sequence[Position], derived: Sequence[str | None] | None = None
-    ) -> set[tuple[str, datetime]]:
+    ) -> AbstractSet[tuple[str, datetime]]:
         """Insert a batch; returns the keys that were new (the rest were already stored)."""
         rows = [
             position_row(p, d)
@@ -226,7 +257,7 @@ class PositionStore:
         if direct:
             if await self.session.run(_copy_direct, rows):
                 self.on_path("direct")
-                return {(row[0], row[1]) for row in rows}
+                return AllRows(rows)
             self._staged_left = STAGED_AFTER_CONFLICT
         elif self._staged_left:
             self._staged_left -= 1
@@ -281,6 +312,7 @@ async def _copy_insert(
 
 
 __all__ = [
+    "AllRows",
     "FastCancelConnection",
     "PositionStore",
     "PostgresUnavailable",

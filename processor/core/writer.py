@@ -13,6 +13,7 @@ reading, which is the backpressure that keeps memory bounded during an outage.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -87,10 +88,13 @@ class Writer:
         self.log.debug("written", inserted=n_inserted, duplicates=n_duplicate, failed=len(rejected))
 
         now = datetime.now(UTC)
-        observe, inserted_outcome, failed = self.states.observe, Outcome.INSERTED, Outcome.FAILED
-        for entry, outcome in zip(batch, outcomes, strict=True):
-            if outcome is not failed:
-                observe(entry.position, now, new=outcome is inserted_outcome)
+        if n_inserted == len(batch):
+            self.states.observe_many([e.position for e in batch], now)
+        else:
+            kept = [(e, o) for e, o in zip(batch, outcomes, strict=True) if o is not Outcome.FAILED]
+            self.states.observe_many(
+                [e.position for e, _ in kept], now, [o is Outcome.INSERTED for _, o in kept]
+            )
         now_s = now.timestamp()
         self.metrics.e2e_latency.observe_many(
             max(0.0, now_s - entry_id_millis(e.entry_id) / 1000) for e in committed
@@ -138,7 +142,7 @@ class Writer:
 
     async def _insert_isolating(
         self, batch: list[Entry], derived: list[str | None] | None
-    ) -> tuple[set[tuple[str, datetime]], list[tuple[Entry, str]]]:
+    ) -> tuple[AbstractSet[tuple[str, datetime]], list[tuple[Entry, str]]]:
         """Insert; if PostgreSQL rejects the data, bisect to find the records at fault."""
         try:
             positions = [e.position for e in batch]
@@ -172,7 +176,7 @@ class Writer:
 
 
 def _outcomes(
-    batch: list[Entry], inserted: set[tuple[str, datetime]], rejected: set[int]
+    batch: list[Entry], inserted: AbstractSet[tuple[str, datetime]], rejected: set[int]
 ) -> list[Outcome]:
     """Per entry: the first entry of an inserted key is the insert, later twins duplicates."""
     if not rejected and len(inserted) == len(batch):

@@ -119,3 +119,29 @@ def test_a_redelivered_record_is_not_counted_again() -> None:
     states.observe(make_position("a", second=1), NOW)
     state = states.observe(make_position("a", second=1), NOW, new=False)
     assert state.position_count_session == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    observations,
+    st.integers(min_value=1, max_value=6),
+    st.lists(st.booleans(), min_size=60, max_size=60),
+    st.booleans(),
+)
+def test_observe_many_is_observe_one_by_one(
+    seen: list[tuple[str, int]], capacity: int, new: list[bool], all_new: bool
+) -> None:
+    """The writer's batch call leaves exactly the state a loop of ``observe`` leaves:
+    positions kept, counts, last seen, recency order and evictions."""
+    positions = [
+        make_position(device, second=second, altitude=float(step))
+        for step, (device, second) in enumerate(seen)
+    ]
+    flags = [True] * len(positions) if all_new else new[: len(positions)]
+    one_by_one, batched = DeviceStates(capacity), DeviceStates(capacity)
+    for position, is_new in zip(positions, flags, strict=True):
+        one_by_one.observe(position, NOW, new=is_new)
+    batched.observe_many(positions, NOW, None if all_new else flags)
+
+    assert list(batched.items()) == list(one_by_one.items())
+    assert batched.evictions == one_by_one.evictions
