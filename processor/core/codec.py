@@ -212,7 +212,33 @@ def _fast_sentinel(sentinel: dict[str, str]) -> AttributeValue | None:
 
 
 def _fast_instant(text: str) -> datetime | None:
-    """The contract's timestamp shape as an aware UTC datetime; None if it is not one."""
+    """The contract's timestamp shape as an aware UTC datetime; None if it is not one.
+
+    Nearly every timestamp is what JavaScript's ``Date.toJSON()`` writes
+    (``2026-05-12T09:31:02.000Z``): in that layout ``fromisoformat`` itself checks what
+    the regex would (digits, ranges), at half the cost of matching the regex first
+    (two timestamps per record). ``tests/unit/test_codec.py`` holds it to ``_shaped_instant``.
+    """
+    if (
+        len(text) == 24
+        and text[23] == "Z"
+        and text[19] == "."
+        and text[10] == "T"
+        and text[4] == "-"
+        and text[7] == "-"
+        and text[13] == ":"
+        and text[16] == ":"
+        and text.isascii()
+    ):
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    return _shaped_instant(text)
+
+
+def _shaped_instant(text: str) -> datetime | None:
+    """Any timestamp of the contract's shape (the regex), offsets normalised to UTC."""
     if _DATETIME(text) is None:
         return None
     try:

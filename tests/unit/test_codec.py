@@ -768,3 +768,57 @@ def test_the_fast_sentinel_decoder_agrees_with_the_reference(tag: str, text: str
         or (tag == "__buffer_b64" and reference is not None)
     ):  # fmt: skip
         assert fast is not None, "what ingestion writes takes the fast path"
+
+
+# The Date.toJSON() layout with any character (digits favoured) in each digit position,
+# and near misses of the layout: the shortcut must agree with the regex path on all.
+_LAYOUT = "dddd-dd-ddTdd:dd:dd.dddZ"
+_DIGIT_OR_NOT = st.one_of(
+    st.sampled_from("0123456789"), st.sampled_from("0123456789"), st.characters()
+)
+
+
+@st.composite
+def _layout_like(draw: st.DrawFn) -> str:
+    chars = [draw(_DIGIT_OR_NOT) if c == "d" else c for c in _LAYOUT]
+    if draw(st.booleans()):  # then disturb one position, or the length
+        at = draw(st.integers(0, len(chars) - 1))
+        how = draw(st.sampled_from(["replace", "insert", "delete"]))
+        if how == "delete":
+            del chars[at]
+        else:
+            # What ISO 8601 allows and the contract does not: ',' or ' ' or 't' as
+            # separators, lower-case 'z', offsets.
+            other = draw(st.one_of(st.sampled_from(" ,tTzZ+-:.0"), st.characters()))
+            chars[at : at + (how == "replace")] = [other]
+    return "".join(chars)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_layout_like())
+def test_timestamp_shortcut_agrees_with_the_regex_path(text: str) -> None:
+    assert codec._fast_instant(text) == codec._shaped_instant(text)
+    parsed = codec._fast_instant(text)
+    assert parsed is None or parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-02T06:09:52,349Z",  # ISO's comma
+        "2026-12-02 06:09:52.349Z",  # a space for the T
+        "2026-12-02t06:09:52.349Z",
+        "2026-12-02T06:09:52.349z",
+        "2026-W49-3T06:09:52.349Z",  # an ISO week date, the same length
+        "2026-12-02T0609:52.3491Z",
+        "2026-12-02T06:0952.3491Z",
+        "20261202T06:09:52.34910Z",
+        "2026-12-02T06:09:52.349+",
+        "2026-12-02T06:09:52.3491",  # no zone at all: a naive datetime
+    ],
+)
+def test_timestamp_shortcut_refuses_what_iso_allows_and_the_contract_does_not(
+    text: str,
+) -> None:
+    assert codec._fast_instant(text) is None
+    assert codec._shaped_instant(text) is None
