@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 import trio
@@ -47,6 +48,38 @@ def _entries(raw: Sequence[Any]) -> list[RawEntry]:
     ]
 
 
+class _CPacking:
+    """Commands packed by hiredis's C packer instead of redis-py's Python one.
+
+    The acker's ``XACK`` names every committed entry: redis-py's asyncio connection packs
+    ~1.1 µs per argument, hiredis ~0.1 µs, so this takes ~1 µs off every record. The
+    same bytes (``tests/unit/test_redis_packing.py``); anything hiredis does not take
+    (redis-py refuses those too, with its own error) goes to redis-py's packer.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        command = args[0]
+        # As redis-py: a command of several words ("XINFO GROUPS") is sent as several.
+        if isinstance(command, str):
+            args = (*command.encode().split(), *args[1:])
+        elif isinstance(command, bytes) and b" " in command:
+            args = (*command.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+
+
+def c_packed(client: aioredis.Redis) -> aioredis.Redis:
+    """``client`` with its connections (TCP, TLS or Unix socket, as its URL chose)
+    packing commands in C; to be called before its first command."""
+    pool = client.connection_pool
+    base = pool.connection_class
+    if not issubclass(base, _CPacking):
+        pool.connection_class = type(f"CPacked{base.__name__}", (_CPacking, base), {})
+    return client
+
+
 def cluster_url(url: str) -> str:
     """``redis+cluster://h:p`` -> ``redis://h:p``: the seed node redis-py's cluster takes."""
     scheme, sep, rest = url.partition("://")
@@ -78,8 +111,10 @@ class RedisStreams:
                 health_check_interval=0,
             )
         else:
-            client = aioredis.Redis.from_url(
-                url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=0
+            client = c_packed(
+                aioredis.Redis.from_url(
+                    url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=0
+                )
             )
         streams = cls(client, url)
         try:
