@@ -39,6 +39,48 @@ def _id(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _fields(flat: Sequence[Any] | None) -> dict[Any, Any]:
+    """An entry's field list as a dict; a trimmed entry still in a PEL has none."""
+    if not flat:
+        return {}
+    if len(flat) == 2:  # one field (``payload``): nearly every entry
+        return {flat[0]: flat[1]}
+    pairs = iter(flat)
+    return dict(zip(pairs, pairs, strict=False))
+
+
+def _streams(response: Any) -> Any:
+    """(key, entries) of an XREAD / XREADGROUP reply: a map in RESP3, a list in RESP2."""
+    return response.items() if isinstance(response, dict) else response
+
+
+def _group_reply(response: Any, **options: Any) -> list[RawEntry]:
+    """XREADGROUP's reply (one stream) as entries, straight from the parser's lists.
+
+    redis-py's own callback builds a dict per entry and a list per stream that
+    ``_entries`` then walked again: 0.39 against 0.12 µs per entry (timeit, 1,000-entry
+    replies), on every record the pipeline reads."""
+    if not response:
+        return []
+    return [
+        RawEntry(_id(entry_id), _fields(flat))
+        for _, raw in _streams(response)
+        for entry_id, flat in raw
+    ]
+
+
+def _read_reply(response: Any, **options: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
+    """XREAD's reply as (key, entry id, fields), key after key: the broadcast tails
+    read every record too."""
+    if not response:
+        return []
+    return [
+        (_id(key), _id(entry_id), _fields(flat))
+        for key, raw in _streams(response)
+        for entry_id, flat in raw
+    ]
+
+
 def _entries(raw: Sequence[Any]) -> list[RawEntry]:
     # A trimmed entry still in a PEL comes back with no fields (None or empty). The reply's
     # own dicts are kept (redis-py builds a new one per entry), not copied.
@@ -116,6 +158,8 @@ class RedisStreams:
                     url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=0
                 )
             )
+        client.set_response_callback("XREADGROUP", _group_reply)
+        client.set_response_callback("XREAD", _read_reply)
         streams = cls(client, url)
         try:
             await streams.ping()
@@ -169,7 +213,7 @@ class RedisStreams:
     async def read_group(
         self, stream: str, group: str, consumer: str, start: str, count: int, block_ms: int
     ) -> list[RawEntry]:
-        reply = await self._call(
+        entries: list[RawEntry] = await self._call(
             self.client.xreadgroup,
             group,
             consumer,
@@ -177,11 +221,8 @@ class RedisStreams:
             count=count,
             block=block_ms,
             deadline_s=block_ms / 1000 + _BLOCK_GRACE_S,
-        )
-        if not reply:
-            return []
-        _, raw = reply[0]
-        return _entries(raw)
+        )  # shaped by _group_reply
+        return entries
 
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         if not ids:
@@ -360,21 +401,14 @@ class RedisStreams:
     ) -> list[tuple[str, str, dict[bytes, bytes]]]:
         """Plain XREAD BLOCK (no group) of what arrived after ``starts`` (key -> last id):
         (key, entry id, fields), key after key. Empty when nothing came within the block."""
-        reply: Any = await self._call(
+        entries: list[tuple[str, str, dict[bytes, bytes]]] = await self._call(
             self.client.xread,
             dict[Any, Any](starts),
             count=count,
             block=block_ms,
             deadline_s=block_ms / 1000 + _BLOCK_GRACE_S,
-        )
-        if not reply:
-            return []
-        streams = reply.items() if isinstance(reply, dict) else reply
-        return [
-            (_id(key), _id(entry_id), dict(fields or {}))
-            for key, raw in streams
-            for entry_id, fields in raw
-        ]
+        )  # shaped by _read_reply
+        return entries
 
     async def delete(self, stream: str, ids: Sequence[str]) -> int:
         return int(await self._call(self.client.xdel, stream, *ids)) if ids else 0
