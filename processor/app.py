@@ -40,6 +40,7 @@ from processor.core.acker import Acker
 from processor.core.backoff import Backoff
 from processor.core.bridge import open_bridge
 from processor.core.claimer import Claimer
+from processor.core.commit_order import CommitOrder
 from processor.core.consumer import Consumer, Decoder
 from processor.core.control import ControlListener, control_channel
 from processor.core.dead_letters import DeadLetterRouter
@@ -284,22 +285,32 @@ class App:
                 ).run,
                 acks_recv,
             )
-            await pipeline.start(
-                Writer(
-                    store=store,
-                    states=self.states,
-                    metrics=self.metrics,
-                    health=self.health,
-                    log=self.log,
-                    batch_max=s.batch_max,
-                    linger_s=s.batch_linger_ms / 1000,
-                    enricher=combined_enricher(plugins),
-                    observers=[o for p in plugins for o in p.observers],
-                ).run,
-                entries_recv,
-                acks_send,
-                dead_send.clone(),
-            )
+            # WRITERS batches in flight, each writer on a connection of its own (the first
+            # one's is the store start-up connected); one CommitOrder keeps what follows
+            # their commits in read order (``commit_order``).
+            order = CommitOrder()
+            async with entries_recv, acks_send:
+                for i in range(s.writers):
+                    await pipeline.start(
+                        Writer(
+                            store=PositionStore(s.postgres_url, on_path=store.on_path)
+                            if i
+                            else store,
+                            owns_store=i > 0,
+                            states=self.states,
+                            metrics=self.metrics,
+                            health=self.health,
+                            log=self.log,
+                            batch_max=s.batch_max,
+                            linger_s=s.batch_linger_ms / 1000,
+                            enricher=combined_enricher(plugins),
+                            observers=[o for p in plugins for o in p.observers],
+                            order=order,
+                        ).run,
+                        entries_recv.clone(),
+                        acks_send.clone(),
+                        dead_send.clone(),
+                    )
             # Each reader owns clones and closes them when it stops; the originals close
             # once all are started, so the writer's input ends when the last reader's does.
             async with entries_send, dead_send:

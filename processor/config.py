@@ -44,6 +44,7 @@ class Settings:
     block_ms: int
     read_pace_ms: int
     batch_max: int
+    writers: int
     batch_linger_ms: int
     channel_capacity: int
     device_state_max: int
@@ -294,6 +295,16 @@ VARIABLES: tuple[Variable, ...] = (
         _int_range(1, 50_000),
         "an integer 1-50000",
         "Most records written to PostgreSQL in one round trip.",
+    ),
+    Variable(
+        "WRITERS",
+        "writers",
+        "2",
+        _int_range(1, 8),
+        "an integer 1-8",
+        "Batches written at once, each on its own PostgreSQL connection: one is formatted"
+        " while another commits. What follows a commit (hot state, timing, acks) still"
+        " runs in the order the batches were read.",
     ),
     Variable(
         "BATCH_LINGER_MS",

@@ -44,6 +44,7 @@ from psycopg.adapt import Dumper
 from processor.core.codec import attributes_json
 from processor.core.model import AttributeValue, Position
 from processor.core.pg_session import (  # re-exported: callers import them from here
+    Contended,
     FastCancelConnection,
     PgSession,
     PostgresUnavailable,
@@ -313,6 +314,7 @@ async def _copy_insert(
 
 __all__ = [
     "AllRows",
+    "Contended",
     "FastCancelConnection",
     "PositionStore",
     "PostgresUnavailable",

@@ -29,6 +29,9 @@ _TRANSIENT: tuple[type[Exception], ...] = (
     trio.TooSlowError,  # the statement's deadline: the server is stalled
     psycopg.OperationalError,  # connection lost, admin shutdown, cannot connect now
     psycopg.InterfaceError,  # the connection object is closed or broken
+)
+# Another transaction was in the way; this one was rolled back and the connection is fine.
+_CONTENDED: tuple[type[Exception], ...] = (
     psycopg.errors.SerializationFailure,
     psycopg.errors.DeadlockDetected,
 )
@@ -37,6 +40,12 @@ _DATA: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError)
 
 class PostgresUnavailable(Exception):
     """PostgreSQL could not take the statement now. Transient: reconnect and retry."""
+
+
+class Contended(PostgresUnavailable):
+    """The statement lost to a concurrent transaction (serialization failure, deadlock):
+    retry at once, the server and the connection are fine. A ``PostgresUnavailable``,
+    so callers that only know that one back off and retry as before."""
 
 
 class RowsRejected(Exception):
@@ -104,6 +113,8 @@ class PgSession:
         try:
             with trio.fail_after(self.statement_timeout_s):
                 return await bridge.call(fn, conn, *args)
+        except _CONTENDED as exc:
+            raise Contended(describe(exc)) from exc
         except _TRANSIENT as exc:
             await self.aclose()
             raise PostgresUnavailable(describe(exc)) from exc

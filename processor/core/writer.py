@@ -24,13 +24,14 @@ import trio
 
 from processor.core.backoff import Backoff
 from processor.core.batcher import Batcher
+from processor.core.commit_order import CommitOrder
 from processor.core.health import Readiness
 from processor.core.hot_state import DeviceStates
 from processor.core.messages import DeadLetter
 from processor.core.metrics import Metrics
 from processor.core.model import Entry, Outcome, entry_id_millis
 from processor.core.observer import CommitObserver, Enricher
-from processor.core.pg_io import PositionStore, PostgresUnavailable, RowsRejected
+from processor.core.pg_io import Contended, PositionStore, PostgresUnavailable, RowsRejected
 
 T = TypeVar("T")
 
@@ -46,6 +47,9 @@ class Writer:
     linger_s: float
     observers: Sequence[CommitObserver] = ()
     enricher: Enricher | None = None
+    # Shared by the writers of one pipeline (``WRITERS``): see ``commit_order``.
+    order: CommitOrder = attrs.field(factory=CommitOrder)
+    owns_store: bool = False  # close the store's connection when the writer stops
     _backoff: Backoff = attrs.field(factory=Backoff)
 
     async def run(
@@ -56,23 +60,46 @@ class Writer:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with entries, acks, dead:
-            batcher = Batcher(entries, self.batch_max, self.linger_s)
-            task_status.started()
-            while (batch := await batcher.next_batch()) is not None:
-                await self.write(batch, acks, dead)
-            self.log.info("writer drained")
+        try:
+            async with entries, acks, dead:
+                batcher = Batcher(entries, self.batch_max, self.linger_s)
+                task_status.started()
+                while (batch := await batcher.next_batch()) is not None:
+                    await self.write(batch, acks, dead, self.order.take())
+                self.log.info("writer drained")
+        finally:
+            if self.owns_store:
+                await self.store.aclose()
 
     async def write(
         self,
         batch: list[Entry],
         acks: trio.MemorySendChannel[list[tuple[str, str]]],
         dead: trio.MemorySendChannel[list[DeadLetter]],
+        ticket: int | None = None,
     ) -> None:
+        """Write one batch; then, in ticket order (``commit_order``), what follows from
+        its commit: hot state, observers, acks, dead letters. No ticket: a turn of its own."""
+        if ticket is None:
+            ticket = self.order.take()
         await self._rehydrate([e.position.device_id for e in batch])
         started = trio.current_time()
         inserted, rejected = await self._insert_isolating(batch, self._derive(batch))
-        self.metrics.batch_latency.observe(trio.current_time() - started)
+        written_s = trio.current_time() - started
+        await self.order.turn(ticket)
+        await self._committed(batch, inserted, rejected, written_s, acks, dead)
+        self.order.done(ticket)
+
+    async def _committed(
+        self,
+        batch: list[Entry],
+        inserted: AbstractSet[tuple[str, datetime]],
+        rejected: list[tuple[Entry, str]],
+        written_s: float,
+        acks: trio.MemorySendChannel[list[tuple[str, str]]],
+        dead: trio.MemorySendChannel[list[DeadLetter]],
+    ) -> None:
+        self.metrics.batch_latency.observe(written_s)
         self.metrics.batch_size.observe(len(batch))
 
         outcomes = _outcomes(batch, inserted, {id(e) for e, _ in rejected})
@@ -157,9 +184,18 @@ class Writer:
         return left_ok | right_ok, left_bad + right_bad
 
     async def _retrying(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        contended = Backoff(base_s=0.01, cap_s=1.0)
         while True:
             try:
                 result = await fn(*args)
+            except Contended as exc:
+                # Another writer's transaction held the same keys (a deadlock PostgreSQL
+                # broke by aborting this one): the server is fine, so readiness stays;
+                # the jitter keeps two writers from colliding again in step.
+                self.log.info("write contended, retrying", error=str(exc))
+                self.metrics.write_retries.inc()
+                await contended.wait()
+                continue
             except PostgresUnavailable as exc:
                 if not self._backoff.attempt:
                     self.log.warning("postgres unavailable", error=str(exc))

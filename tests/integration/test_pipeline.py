@@ -302,14 +302,16 @@ async def test_consumer_stops_reading_while_the_writer_cannot_write(
     prefix = _prefix()
     positions = [make_position(f"{prefix}-{d}", second=s) for d in range(30) for s in range(100)]
 
-    # Writer's batch + the batcher's remainder + the channel + the one read held by the
-    # consumer while it waits to hand it over: everything else must stay in Redis.
-    bound = (capacity + 3) * read_count
+    # Each writer's batch + its batcher's remainder + the channel + the one read held by
+    # the consumer while it waits to hand it over: everything else must stay in Redis.
+    bound = (capacity + 1 + 2 * settings.writers) * read_count
     consumed = app.metrics.consumed
     with psycopg.connect(fresh_database_url) as locker:
         locker.execute("LOCK TABLE positions IN ACCESS EXCLUSIVE MODE")
         publish(sync_redis, settings.telemetry_stream, positions)
-        await wait_for(lambda: _lock_waiters(fresh_database_url) >= 1, what="writer blocked")
+        await wait_for(
+            lambda: _lock_waiters(fresh_database_url) >= settings.writers, what="writers blocked"
+        )
         await wait_for(lambda: consumed._value.get() >= capacity * read_count, what="filled")
         # A negative property needs a window: unthrottled, the consumer reads all 3000
         # entries in well under this (they are in Redis already, no blocking read).
