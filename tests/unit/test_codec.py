@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -754,7 +755,12 @@ sentinel_texts = (
 def test_the_fast_sentinel_decoder_agrees_with_the_reference(tag: str, text: str) -> None:
     """Gives up, or returns what ``_unsentinel`` returns (same type); never accepts what
     it rejects."""
-    fast = codec._fast_sentinel({tag: text})
+    try:
+        parsed = msgspec.json.decode(orjson.dumps({tag: text}), type=codec._Sentinel)
+    except msgspec.ValidationError:
+        fast = None  # msgspec refused it: the whole payload goes to the reference
+    else:
+        fast = codec._fast_sentinel(parsed)
     try:
         reference: object = codec._unsentinel("1", {tag: text})
     except PoisonRecord:
@@ -765,7 +771,8 @@ def test_the_fast_sentinel_decoder_agrees_with_the_reference(tag: str, text: str
     if tag != "other" and text.isascii() and (
         (tag == "__bigint" and text.lstrip("-").isdigit() and text.count("-") <= 1
          and not text.startswith("--"))
-        or (tag == "__buffer_b64" and reference is not None)
+        or (tag == "__buffer_b64" and reference is not None
+            and base64.b64encode(base64.b64decode(text)).decode() == text)
     ):  # fmt: skip
         assert fast is not None, "what ingestion writes takes the fast path"
 
