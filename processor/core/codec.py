@@ -151,7 +151,7 @@ def _fast(raw: Any, now: datetime, future_tolerance_s: float) -> Position | None
     except Exception:  # untrusted input, any parser failure: the reference path decides
         return None
     device_id = p.device_id
-    if _DEVICE_ID(device_id) is None:
+    if not _device_id_ok(device_id):
         return None
     ts = _fast_instant(p.timestamp)
     if ts is None or (ts - now).total_seconds() > future_tolerance_s:
@@ -197,6 +197,14 @@ def _fast(raw: Any, now: datetime, future_tolerance_s: float) -> Position | None
         received_at=received_at,
         codec=p.codec,
     )
+
+
+def _device_id_ok(device_id: str) -> bool:
+    """``_DEVICE_ID`` (1-20 of ``[0-9A-Za-z_-]``), with IMEIs and other plain ASCII
+    letters-and-digits ids decided without the regex."""
+    if 0 < len(device_id) <= 20 and device_id.isascii() and device_id.isalnum():
+        return True
+    return _DEVICE_ID(device_id) is not None
 
 
 def _fast_sentinel(sentinel: _Sentinel) -> AttributeValue | None:

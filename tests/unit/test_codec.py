@@ -829,3 +829,27 @@ def test_timestamp_shortcut_refuses_what_iso_allows_and_the_contract_does_not(
 ) -> None:
     assert codec._fast_instant(text) is None
     assert codec._shaped_instant(text) is None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(max_size=24) | st.text(alphabet="0123456789AZaz_-", min_size=0, max_size=22))
+def test_device_id_shortcut_agrees_with_the_regex(device_id: str) -> None:
+    assert codec._device_id_ok(device_id) == (codec._DEVICE_ID(device_id) is not None)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("", 1),  # vanishes from a join of the keys
+        ("\u0661", 1),  # an Arabic-Indic digit: isdigit, not ASCII
+        ("1a", 1),
+        ("1", 2**64),  # beyond uint64: orjson (the reference) reads a float
+        ("1", {"__bigint": "1", "__buffer_b64": "AQID"}),
+        ("1", {}),
+        ("1", {"__bigint": None}),
+    ],
+)
+def test_the_fast_path_leaves_doubtful_attributes_to_the_reference(key: str, value: Any) -> None:
+    raw = json.dumps(with_attribute(key, value)).encode()
+    assert codec._fast(raw, NOW, TOLERANCE_S) is None
+    paths_agree(raw)
