@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import attrs
+import msgspec
 
 from processor.core.model import Position
 from processor.domain.definition import EntryRef, EventCourse, RaceDefinition, Stage
@@ -46,9 +47,9 @@ _KIND_ORDER = {"start": 0, "checkpoint": 1, "finish": 2}
 _NOTHING = Update()
 
 
-@attrs.frozen(slots=True)
-class Fix:
-    """A valid fix, reduced to what timing needs."""
+class Fix(msgspec.Struct, frozen=True, gc=False):
+    """A valid fix, reduced to what timing needs (one per fix timed: a Struct is built
+    in C, where the frozen attrs class was 12 % of the hot path in ``__init__``)."""
 
     ts: datetime
     t_us: int  # microseconds since the epoch: exact, cheap arithmetic

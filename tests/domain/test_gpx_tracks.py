@@ -12,7 +12,7 @@ import random
 import xml.etree.ElementTree as ET
 from datetime import datetime
 
-import attrs
+import msgspec
 import pytest
 import shapely  # type: ignore[import-untyped]
 
@@ -88,12 +88,12 @@ def test_line_across_a_real_track(name: str) -> None:
 
 def with_speeds(fixes: list[Fix]) -> list[Fix]:
     """GPX has no speed: each fix gets the average speed since the fix before (km/h)."""
-    out = [attrs.evolve(fixes[0], speed=0.0)]
+    out = [msgspec.structs.replace(fixes[0], speed=0.0)]
     for a, b in itertools.pairwise(fixes):
         metres = math.hypot(
             (b.x - a.x) * 111_320 * math.cos(math.radians(a.y)), (b.y - a.y) * 110_540
         )
-        out.append(attrs.evolve(b, speed=metres / ((b.t_us - a.t_us) / 1e6) * 3.6))
+        out.append(msgspec.structs.replace(b, speed=metres / ((b.t_us - a.t_us) / 1e6) * 3.6))
     return out
 
 
