@@ -161,35 +161,95 @@ def _touch(x0: float, y0: float, dx: float, dy: float, seg: Piece, piece: Piece)
 
 @attrs.frozen(eq=False)
 class GeofenceIndex:
-    """An STRtree over one event's geofences: candidates by envelope, cost ~log(n)."""
+    """An STRtree over one event's geofences, and a grid in front of it for the boxes a
+    track asks for: candidates by envelope, cost ~ the fences nearby, not the event's.
+
+    The tracks' neighbourhood boxes are small and asked for often (every dozen fixes
+    per car); one ``STRtree.query`` costs ~10 µs, most of it numpy wrapping a single
+    box, which was ~15 % of the timing hot path (``python -m bench.domain``). A dict of
+    ``_CELL_DEG`` cells answers those in a few lookups; a box wider than
+    ``_GRID_QUERY_CELLS`` cells goes to the tree. Both give the same geofences
+    (``tests/domain/test_index.py``).
+    """
 
     geofences: tuple[Geofence, ...]
     _tree: Any = attrs.field(init=False, repr=False)
     _by_id: dict[int, Geofence] = attrs.field(init=False, repr=False)
+    _grid: dict[tuple[int, int], list[int]] = attrs.field(init=False, repr=False)
+    _wide: tuple[int, ...] = attrs.field(init=False, repr=False)  # in no cell: too big
 
     def __attrs_post_init__(self) -> None:
         tree = shapely.STRtree([g.shape for g in self.geofences])
+        grid: dict[tuple[int, int], list[int]] = {}
+        wide: list[int] = []
+        for i, g in enumerate(self.geofences):
+            x0, y0, x1, y1 = _cells(g.bounds)
+            if (x1 - x0 + 1) * (y1 - y0 + 1) > _GRID_FENCE_CELLS:
+                wide.append(i)
+                continue
+            for cx in range(x0, x1 + 1):
+                for cy in range(y0, y1 + 1):
+                    grid.setdefault((cx, cy), []).append(i)
         object.__setattr__(self, "_tree", tree)
         object.__setattr__(self, "_by_id", {g.id: g for g in self.geofences})
+        object.__setattr__(self, "_grid", grid)
+        object.__setattr__(self, "_wide", tuple(wide))
 
     def get(self, geofence_id: int) -> Geofence | None:
         return self._by_id.get(geofence_id)
 
     def around(self, x: float, y: float, margin: float) -> Neighbourhood:
-        """The geofences near a point, for a track to reuse while it stays in the box.
-
-        One STRtree query (~10 µs) per box instead of one per fix: a car at 150 km/h
-        with a fix every 5 s crosses a ``NEIGHBOURHOOD_DEG`` box in a dozen fixes.
-        """
+        """The geofences near a point, for a track to reuse while it stays in the box
+        (one lookup per box instead of one per fix: a car at 150 km/h with a fix every
+        5 s crosses a ``NEIGHBOURHOOD_DEG`` box in a dozen fixes)."""
         box = (x - margin, y - margin, x + margin, y + margin)
         if not self.geofences:
             return Neighbourhood(box, ())
+        x0, y0, x1, y1 = _cells(box)
+        if (x1 - x0 + 1) * (y1 - y0 + 1) > _GRID_QUERY_CELLS:
+            return self.tree_around(box)
+        grid = self._grid
+        hits = set(self._wide)
+        for cx in range(x0, x1 + 1):
+            for cy in range(y0, y1 + 1):
+                hits.update(grid.get((cx, cy), ()))
+        lox, loy, hix, hiy = box
+        fences = self.geofences
+        return Neighbourhood(
+            box,
+            tuple(
+                g
+                for g in (fences[i] for i in sorted(hits))
+                if (b := g.bounds)[0] <= hix and b[2] >= lox and b[1] <= hiy and b[3] >= loy
+            ),
+        )
+
+    def tree_around(self, box: tuple[float, float, float, float]) -> Neighbourhood:
+        """``around`` by the STRtree (envelopes that meet the box), for any box."""
         hits = self._tree.query(shapely.box(*box))
         return Neighbourhood(box, tuple(self.geofences[i] for i in sorted(hits.tolist())))
 
 
+# A geofence over more cells than this is a candidate everywhere (a zone the size of a
+# region), so the grid stays small; a query over more cells than this uses the tree.
+_GRID_FENCE_CELLS = 64
+_GRID_QUERY_CELLS = 16
+
+
+def _cells(bounds: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    minx, miny, maxx, maxy = bounds
+    return (
+        math.floor(minx / _CELL_DEG),
+        math.floor(miny / _CELL_DEG),
+        math.floor(maxx / _CELL_DEG),
+        math.floor(maxy / _CELL_DEG),
+    )
+
+
 # Half-size of the box a track caches its nearby geofences for: ~2.2 km in latitude.
 NEIGHBOURHOOD_DEG = 0.02
+# Grid cells: twice a neighbourhood's half-size, so a box a track asks for meets 1-4.
+_CELL_DEG = 2 * NEIGHBOURHOOD_DEG
 
 
 @attrs.frozen(slots=True)

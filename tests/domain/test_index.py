@@ -182,3 +182,41 @@ def test_index_finds_what_testing_every_fence_finds(case: Scattered) -> None:
     track = replay(d, DEVICE, fixes)
     assert {g: r.crossed_at for (_, g), r in track.records.items()} == reference(d, fixes)
     assert {(g, t) for (_, g, t) in track.visits} == reference_zones(d, fixes)
+
+
+boxes = st.tuples(
+    st.floats(13.8, 14.2), st.floats(LAT - 0.2, LAT + 0.2), st.sampled_from([0.02, 0.05, 0.3, 3.0])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scattered(), st.lists(boxes, min_size=1, max_size=10), st.booleans())
+def test_grid_and_tree_hand_over_the_same_fences(
+    case: Scattered, queries: list[tuple[float, float, float]], huge: bool
+) -> None:
+    """The grid in front of the STRtree answers as the tree: for small boxes (the grid),
+    wide ones (the tree), and with a fence too big for the grid's cells."""
+    fences, stages, _ = case
+    if huge:  # a zone of a few degrees: a candidate for every box
+        ring = [[12.0, LAT - 2], [16.0, LAT - 2], [16.0, LAT + 2], [12.0, LAT + 2]]
+        region = {
+            "id": 999,
+            "event_id": 1,
+            "stage_id": None,
+            "kind": "zone",
+            "name": "region",
+            "sequence": 0,
+            "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+            "speed_limit_kmh": None,
+        }
+        fences = [*fences, region]
+    built = build_definition(raw_rows(geofences=fences, stages=stages))
+    assert built.rejected == []
+    index = built.definition.events[1].index
+    for x, y, margin in queries:
+        grid = index.around(x, y, margin)
+        tree = index.tree_around((x - margin, y - margin, x + margin, y + margin))
+        assert grid.box == tree.box
+        assert [g.id for g in grid.geofences] == [g.id for g in tree.geofences]
+    if huge:
+        assert all(999 in [g.id for g in index.around(x, y, m).geofences] for x, y, m in queries)
