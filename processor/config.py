@@ -299,12 +299,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "WRITERS",
         "writers",
-        "2",
+        "1",
         _int_range(1, 8),
         "an integer 1-8",
         "Batches written at once, each on its own PostgreSQL connection: one is formatted"
-        " while another commits. What follows a commit (hot state, timing, acks) still"
-        " runs in the order the batches were read.",
+        " while another commits (2 helps a lone instance whose commits wait for the disk;"
+        " several instances do better with 1). What follows a commit (hot state, timing,"
+        " acks) still runs in the order the batches were read.",
     ),
     Variable(
         "BATCH_LINGER_MS",

@@ -281,14 +281,17 @@ def _lock_waiters(database_url: str) -> int:
     return int(row[0])
 
 
+@pytest.mark.parametrize("writers", [1, 2])
 async def test_consumer_stops_reading_while_the_writer_cannot_write(
     settings: config.Settings,
     fresh_database_url: str,
     sync_redis: redis.Redis,
     nursery: trio.Nursery,
+    writers: int,
 ) -> None:
-    """Backpressure: with the writer blocked, what is read stays within the bounded
-    channels (a few read batches), and the rest waits in Redis, not in our memory."""
+    """Backpressure: with the writers blocked, what is read stays within the bounded
+    channels (a few read batches), and the rest waits in Redis, not in our memory. Then
+    every record is stored once and acked, with one writer or two."""
     read_count, capacity = 50, 2
     settings = attrs.evolve(
         settings,
@@ -296,6 +299,7 @@ async def test_consumer_stops_reading_while_the_writer_cannot_write(
         read_count=read_count,
         batch_max=read_count,
         channel_capacity=capacity,
+        writers=writers,
     )
     started = await start_app(nursery, settings, log=make_logger("warning"))
     app = started.app
