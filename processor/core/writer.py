@@ -62,6 +62,8 @@ class Writer:
     ) -> None:
         try:
             async with entries, acks, dead:
+                if self.owns_store:  # connected before it counts as started, as the first is
+                    await self._retrying(self.store.connect)
                 batcher = Batcher(entries, self.batch_max, self.linger_s)
                 task_status.started()
                 while (batch := await batcher.next_batch()) is not None:

@@ -11,12 +11,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+import psycopg
 import pytest
 import structlog
 import trio
 import trio.testing
 
-from processor import config
+from processor import config, exit_codes
 from processor.core.commit_order import CommitOrder
 from processor.core.health import Readiness
 from processor.core.hot_state import DeviceStates
@@ -27,7 +29,7 @@ from processor.core.model import Entry, Outcome
 from processor.core.pg_io import PositionStore
 from processor.core.writer import Writer
 from processor.logs import make_logger
-from tests.helpers import count_rows, make_position, wait_for
+from tests.helpers import count_rows, make_position, start_app, wait_for
 
 
 class HeldStore(PositionStore):
@@ -194,3 +196,19 @@ async def test_a_deadlock_is_retried_at_once_and_readiness_stays(
         assert store.session.generation == generation  # the connection was kept
     finally:
         await store.aclose()
+
+
+async def test_every_writer_is_connected_when_the_instance_is_ready(
+    settings: config.Settings, fresh_database_url: str, nursery: trio.Nursery
+) -> None:
+    """Readiness is real: with WRITERS=3 the three write connections exist before the
+    first record (the extra ones used to connect at their first batch)."""
+    settings = attrs.evolve(settings, postgres_url=fresh_database_url, writers=3)
+    started = await start_app(nursery, settings, log=make_logger("warning"))
+    with psycopg.connect(fresh_database_url) as conn:
+        [(writers,)] = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'processor'"
+        ).fetchall()
+    assert writers == 3
+    assert await started.stop() == exit_codes.OK
