@@ -75,7 +75,7 @@ async def _one_pass(raw: list[RawEntry], writer: Writer, decoder: Decoder) -> fl
         if bad:
             raise RuntimeError(f"{len(bad)} bench records dead-lettered: {bad[0].error}")
         entries: list[Entry] = good
-        await writer.write(entries, acks_send, dead_send)
+        await writer.write(entries, None, acks_send, dead_send)
     used = time.process_time() - started
     acks_send.close(), acks_recv.close(), dead_send.close(), dead_recv.close()
     return used
@@ -98,8 +98,6 @@ def run(records: int, devices: int, repeat: int) -> dict[str, Any]:
                 metrics=metrics,
                 health=Readiness(),
                 log=structlog.get_logger(),
-                batch_max=BATCH,
-                linger_s=0.05,
                 enricher=IoEnricher(Definitions()),
             )
             used = await _one_pass(raw, writer, decoder)

@@ -38,6 +38,7 @@ from processor import exit_codes
 from processor.config import Settings
 from processor.core.acker import Acker
 from processor.core.backoff import Backoff
+from processor.core.batcher import Batcher, SharedBatches
 from processor.core.bridge import open_bridge
 from processor.core.claimer import Claimer
 from processor.core.commit_order import CommitOrder
@@ -259,7 +260,8 @@ class App:
             metrics=self.metrics,
             max_deliveries=s.dlq_max_deliveries,
         )
-        async with trio.open_nursery() as pipeline:
+        # The writers' shared batcher reads entries_recv; it closes after they have ended.
+        async with entries_recv, trio.open_nursery() as pipeline:
             await pipeline.start(
                 DeadLetterRouter(
                     streams=streams,
@@ -289,7 +291,10 @@ class App:
             # one's is the store start-up connected); one CommitOrder keeps what follows
             # their commits in read order (``commit_order``).
             order = CommitOrder()
-            async with entries_recv, acks_send:
+            batches = SharedBatches(
+                Batcher(entries_recv, s.batch_max, s.batch_linger_ms / 1000), order
+            )
+            async with acks_send:
                 for i in range(s.writers):
                     await pipeline.start(
                         Writer(
@@ -301,13 +306,11 @@ class App:
                             metrics=self.metrics,
                             health=self.health,
                             log=self.log,
-                            batch_max=s.batch_max,
-                            linger_s=s.batch_linger_ms / 1000,
                             enricher=combined_enricher(plugins),
                             observers=[o for p in plugins for o in p.observers],
                             order=order,
                         ).run,
-                        entries_recv.clone(),
+                        batches,
                         acks_send.clone(),
                         dead_send.clone(),
                     )

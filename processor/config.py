@@ -299,13 +299,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "WRITERS",
         "writers",
-        "1",
+        "2",
         _int_range(1, 8),
         "an integer 1-8",
         "Batches written at once, each on its own PostgreSQL connection: one is formatted"
-        " while another commits (2 helps a lone instance whose commits wait for the disk;"
-        " several instances do better with 1). What follows a commit (hot state, timing,"
-        " acks) still runs in the order the batches were read.",
+        " while another commits. Batches are still formed one at a time, full, and what"
+        " follows a commit (hot state, timing, acks) runs in the order they were formed.",
     ),
     Variable(
         "BATCH_LINGER_MS",

@@ -13,6 +13,8 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
+from processor.core.commit_order import CommitOrder
+
 T = TypeVar("T")
 
 
@@ -50,3 +52,21 @@ class Batcher(Generic[T]):
             break
         batch, self._buffer = self._buffer[: self.batch_max], self._buffer[self.batch_max :]
         return batch or None
+
+
+@attrs.define
+class SharedBatches(Generic[T]):
+    """One batcher for several writers (``WRITERS``): batches are formed one at a time,
+    so each is as full as a lone writer's would be (two batchers on one channel each
+    took every other read and lingered for the rest: smaller batches, more commits),
+    and each is numbered (``CommitOrder``) in the order it was formed."""
+
+    batcher: Batcher[T]
+    order: CommitOrder
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    async def next(self) -> tuple[list[T], int] | None:
+        """The next batch and its ticket, or None once the input is closed and drained."""
+        async with self._lock:
+            batch = await self.batcher.next_batch()
+            return None if batch is None else (batch, self.order.take())

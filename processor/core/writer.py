@@ -23,7 +23,7 @@ import structlog
 import trio
 
 from processor.core.backoff import Backoff
-from processor.core.batcher import Batcher
+from processor.core.batcher import SharedBatches
 from processor.core.commit_order import CommitOrder
 from processor.core.health import Readiness
 from processor.core.hot_state import DeviceStates
@@ -43,8 +43,6 @@ class Writer:
     metrics: Metrics
     health: Readiness
     log: structlog.typing.FilteringBoundLogger
-    batch_max: int
-    linger_s: float
     observers: Sequence[CommitObserver] = ()
     enricher: Enricher | None = None
     # Shared by the writers of one pipeline (``WRITERS``): see ``commit_order``.
@@ -54,20 +52,21 @@ class Writer:
 
     async def run(
         self,
-        entries: trio.MemoryReceiveChannel[list[Entry]],
+        batches: SharedBatches[Entry],
         acks: trio.MemorySendChannel[list[tuple[str, str]]],
         dead: trio.MemorySendChannel[list[DeadLetter]],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Write batches until the input ends. ``batches`` (and its ``CommitOrder``) is
+        shared by all of a pipeline's writers."""
         try:
-            async with entries, acks, dead:
+            async with acks, dead:
                 if self.owns_store:  # connected before it counts as started, as the first is
                     await self._retrying(self.store.connect)
-                batcher = Batcher(entries, self.batch_max, self.linger_s)
                 task_status.started()
-                while (batch := await batcher.next_batch()) is not None:
-                    await self.write(batch, acks, dead, self.order.take())
+                while (taken := await batches.next()) is not None:
+                    await self.write(*taken, acks, dead)
                 self.log.info("writer drained")
         finally:
             if self.owns_store:
@@ -76,9 +75,9 @@ class Writer:
     async def write(
         self,
         batch: list[Entry],
+        ticket: int | None,
         acks: trio.MemorySendChannel[list[tuple[str, str]]],
         dead: trio.MemorySendChannel[list[DeadLetter]],
-        ticket: int | None = None,
     ) -> None:
         """Write one batch; then, in ticket order (``commit_order``), what follows from
         its commit: hot state, observers, acks, dead letters. No ticket: a turn of its own."""

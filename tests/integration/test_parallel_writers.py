@@ -74,8 +74,6 @@ async def test_a_later_batch_committed_first_waits_for_the_earlier_one(
             metrics=metrics,
             health=Readiness(),
             log=structlog.get_logger(),
-            batch_max=1,
-            linger_s=0,
             observers=[seen],
             order=order,
         )
@@ -85,9 +83,9 @@ async def test_a_later_batch_committed_first_waits_for_the_earlier_one(
     try:
         async with trio.open_nursery() as nursery:
             tickets = order.take(), order.take()  # taken in read order: first, second
-            nursery.start_soon(writer(store).write, first, acks_send, dead_send, tickets[0])
+            nursery.start_soon(writer(store).write, first, tickets[0], acks_send, dead_send)
             await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(writer(other).write, second, acks_send, dead_send, tickets[1])
+            nursery.start_soon(writer(other).write, second, tickets[1], acks_send, dead_send)
             await wait_for(
                 lambda: count_rows(settings.postgres_url, prefix) == 1, what="second committed"
             )
@@ -179,15 +177,13 @@ async def test_a_deadlock_is_retried_at_once_and_readiness_stays(
         metrics=metrics,
         health=health,
         log=structlog.get_logger(),
-        batch_max=10,
-        linger_s=0,
     )
     acks_send, acks_recv = trio.open_memory_channel[list[tuple[str, str]]](10)
     dead_send, _ = trio.open_memory_channel[list[DeadLetter]](10)
     batch = [Entry("1-0", make_position(f"{prefix}-a", second=1), {}, "s")]
     try:
         with trio.fail_after(10):
-            await writer.write(batch, acks_send, dead_send)
+            await writer.write(batch, None, acks_send, dead_send)
         assert store.attempts == 2
         assert acks_recv.receive_nowait() == [("s", "1-0")]
         assert count_rows(settings.postgres_url, prefix) == 1
