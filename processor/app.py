@@ -41,7 +41,6 @@ from processor.core.backoff import Backoff
 from processor.core.batcher import Batcher, SharedBatches
 from processor.core.bridge import open_bridge
 from processor.core.claimer import Claimer
-from processor.core.commit_order import CommitOrder
 from processor.core.consumer import Consumer, Decoder
 from processor.core.control import ControlListener, control_channel
 from processor.core.dead_letters import DeadLetterRouter
@@ -288,12 +287,9 @@ class App:
                 acks_recv,
             )
             # WRITERS batches in flight, each writer on a connection of its own (the first
-            # one's is the store start-up connected); one CommitOrder keeps what follows
-            # their commits in read order (``commit_order``).
-            order = CommitOrder()
-            batches = SharedBatches(
-                Batcher(entries_recv, s.batch_max, s.batch_linger_ms / 1000), order
-            )
+            # one's is the store start-up connected); the batches' CommitOrder keeps what
+            # follows their commits in the order they were formed (``commit_order``).
+            batches = SharedBatches(Batcher(entries_recv, s.batch_max, s.batch_linger_ms / 1000))
             async with acks_send:
                 for i in range(s.writers):
                     await pipeline.start(
@@ -308,7 +304,7 @@ class App:
                             log=self.log,
                             enricher=combined_enricher(plugins),
                             observers=[o for p in plugins for o in p.observers],
-                            order=order,
+                            order=batches.order,
                         ).run,
                         batches,
                         acks_send.clone(),

@@ -62,7 +62,7 @@ class SharedBatches(Generic[T]):
     and each is numbered (``CommitOrder``) in the order it was formed."""
 
     batcher: Batcher[T]
-    order: CommitOrder
+    order: CommitOrder = attrs.field(factory=CommitOrder)  # the writers share it too
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
 
     async def next(self) -> tuple[list[T], int] | None:

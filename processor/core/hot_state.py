@@ -49,13 +49,8 @@ class DeviceStates:
     def observe(self, position: Position, seen_at: datetime, *, new: bool = True) -> DeviceState:
         """Record a committed record (``new``: its row was inserted, not a re-delivery);
         a late fix counts but never replaces a newer one."""
-        state = self._touch(position.device_id)
-        state.last_seen = seen_at
-        state.position_count_session += new
-        last = state.last_position
-        if position.fix_valid and (last is None or position.ts > last.ts):
-            state.last_position = position
-        return state
+        self.observe_many((position,), seen_at, (new,))
+        return self._states[position.device_id]  # just touched: the newest, never evicted
 
     def observe_many(
         self, positions: Sequence[Position], seen_at: datetime, new: Sequence[bool] | None = None

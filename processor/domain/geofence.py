@@ -183,8 +183,8 @@ class GeofenceIndex:
         grid: dict[tuple[int, int], list[int]] = {}
         wide: list[int] = []
         for i, g in enumerate(self.geofences):
-            x0, y0, x1, y1 = _cells(g.bounds)
-            if (x1 - x0 + 1) * (y1 - y0 + 1) > _GRID_FENCE_CELLS:
+            x0, y0, x1, y1 = cells = _cells(g.bounds)
+            if _count(cells) > _GRID_FENCE_CELLS:
                 wide.append(i)
                 continue
             for cx in range(x0, x1 + 1):
@@ -205,24 +205,18 @@ class GeofenceIndex:
         box = (x - margin, y - margin, x + margin, y + margin)
         if not self.geofences:
             return Neighbourhood(box, ())
-        x0, y0, x1, y1 = _cells(box)
-        if (x1 - x0 + 1) * (y1 - y0 + 1) > _GRID_QUERY_CELLS:
+        x0, y0, x1, y1 = cells = _cells(box)
+        if _count(cells) > _GRID_QUERY_CELLS:
             return self.tree_around(box)
         grid = self._grid
         hits = set(self._wide)
         for cx in range(x0, x1 + 1):
             for cy in range(y0, y1 + 1):
                 hits.update(grid.get((cx, cy), ()))
-        lox, loy, hix, hiy = box
-        fences = self.geofences
-        return Neighbourhood(
-            box,
-            tuple(
-                g
-                for g in (fences[i] for i in sorted(hits))
-                if (b := g.bounds)[0] <= hix and b[2] >= lox and b[1] <= hiy and b[3] >= loy
-            ),
-        )
+        candidates = Neighbourhood(box, tuple(self.geofences[i] for i in sorted(hits)))
+        # The cells hold every fence near the box; ``near`` keeps those whose envelope
+        # meets it (the box's own corners are its envelope).
+        return Neighbourhood(box, tuple(candidates.near(*box)))
 
     def tree_around(self, box: tuple[float, float, float, float]) -> Neighbourhood:
         """``around`` by the STRtree (envelopes that meet the box), for any box."""
@@ -234,6 +228,11 @@ class GeofenceIndex:
 # region), so the grid stays small; a query over more cells than this uses the tree.
 _GRID_FENCE_CELLS = 64
 _GRID_QUERY_CELLS = 16
+
+
+def _count(cells: tuple[int, int, int, int]) -> int:
+    x0, y0, x1, y1 = cells
+    return (x1 - x0 + 1) * (y1 - y0 + 1)
 
 
 def _cells(bounds: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
