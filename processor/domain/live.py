@@ -184,9 +184,14 @@ class LiveEngine:
 
     def ingest(self, positions: Iterable[Position]) -> Ingested:
         by_device: dict[str, list[Fix]] = {}
+        entered = self.definition.entries_by_device
         for p in positions:
-            if self.relevant(p):
-                by_device.setdefault(p.device_id, []).append(Fix.of(p))
+            if p.fix_valid and p.device_id in entered:  # ``relevant``, inline: per fix
+                fixes = by_device.get(p.device_id)
+                if fixes is None:
+                    by_device[p.device_id] = [Fix.of(p)]
+                else:
+                    fixes.append(Fix.of(p))
         updates: list[Update] = []
         recompute: dict[str, str] = {}
         for device_id, fixes in by_device.items():
@@ -194,7 +199,8 @@ class LiveEngine:
             if track is None:
                 recompute[device_id] = "cold"
                 continue
-            fixes.sort(key=lambda f: f.t_us)
+            if len(fixes) > 1:
+                fixes.sort(key=_fix_time)
             if track.last is not None and fixes[0].t_us < track.last.t_us:
                 recompute[device_id] = "late"
                 continue
@@ -227,6 +233,10 @@ class LiveEngine:
         track = replay(self.definition, device_id, list(fixes))
         self.tracks[device_id] = track
         return track.snapshot()
+
+
+def _fix_time(fix: Fix) -> int:
+    return fix.t_us
 
 
 def _admitted(fix: Fix, window: Window) -> bool:

@@ -6,6 +6,11 @@ recomputation's answer for some entries: the complete set of their rows, written
 table ends up holding exactly that set (stale rows deleted). Late data, restarts and the
 replay tool all produce ``Replace``; that the two kinds converge to the same rows is what
 ``tests/domain/test_late_data.py`` checks.
+
+The rows are frozen msgspec Structs: one is built per crossing, zone event and result
+change on the live path, and a Struct is built in C, where a frozen attrs class sets
+each field through ``object.__setattr__`` (``bench.domain``'s hot path, under callgrind).
+``msgspec.structs.replace`` is their ``evolve``.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import attrs
+import msgspec
 
 
-@attrs.frozen(kw_only=True)
-class TimingRecord:
+class TimingRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     event_id: int
     stage_id: int
     entry_id: int
@@ -31,8 +36,7 @@ class TimingRecord:
         return (self.entry_id, self.geofence_id)
 
 
-@attrs.frozen(kw_only=True)
-class ZoneVisit:
+class ZoneVisit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     event_id: int
     entry_id: int
     geofence_id: int
@@ -45,8 +49,7 @@ class ZoneVisit:
         return (self.entry_id, self.geofence_id, self.entered_at)
 
 
-@attrs.frozen(kw_only=True)
-class StageResult:
+class StageResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     event_id: int
     stage_id: int
     entry_id: int

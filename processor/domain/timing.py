@@ -62,6 +62,11 @@ class Fix(msgspec.Struct, frozen=True, gc=False):
         return cls(p.ts, (p.ts - EPOCH) // _MICROSECOND, p.longitude, p.latitude, p.speed)
 
 
+def _crossing_order(c: tuple[float, int, int, int, Geofence]) -> tuple[float, int, int, int]:
+    """Crossings of one segment by instant, then kind, sequence and id (ties are rare)."""
+    return c[:4]
+
+
 def interpolate(a: Fix, b: Fix, t: float) -> datetime:
     """The instant at fraction ``t`` of the way from ``a`` to ``b``, to the millisecond."""
     us = a.t_us + round(t * (b.t_us - a.t_us))
@@ -145,7 +150,9 @@ class DeviceTrack:
                     if t is not None:
                         crossings.append((t, _KIND_ORDER[g.kind], g.sequence, g.id, g))
             self._zones(entry, course, zones, fix)
-            for t, _, _, _, g in sorted(crossings, key=lambda c: c[:4]):
+            if len(crossings) > 1:
+                crossings.sort(key=_crossing_order)
+            for t, _, _, _, g in crossings:
                 assert before is not None
                 self._cross(entry, course, g, interpolate(before, fix, t), fix)
 
@@ -213,9 +220,9 @@ class DeviceTrack:
                     max_speed_kmh=fix.speed,
                 )
             elif inside and visit is not None and fix.speed > visit.max_speed_kmh:
-                visit = attrs.evolve(visit, max_speed_kmh=fix.speed)
+                visit = msgspec.structs.replace(visit, max_speed_kmh=fix.speed)
             elif not inside and visit is not None:
-                visit = attrs.evolve(visit, exited_at=fix.ts)
+                visit = msgspec.structs.replace(visit, exited_at=fix.ts)
             else:
                 continue
             if inside:
@@ -282,8 +289,8 @@ class DeviceTrack:
         if not (self._dirty_records or self._dirty_visits or self._dirty_clocks):
             return _NOTHING
         update = Update(
-            records=tuple(self.records[k] for k in sorted(self._dirty_records)),
-            visits=tuple(self.visits[k] for k in sorted(self._dirty_visits)),
+            records=tuple(map(self.records.__getitem__, sorted(self._dirty_records))),
+            visits=tuple(map(self.visits.__getitem__, sorted(self._dirty_visits))),
             results=tuple(self._clocks[k].result() for k in sorted(self._dirty_clocks)),
         )
         self._dirty_records.clear()

@@ -14,6 +14,7 @@ from processor.domain.geofence import (
     Geofence,
     GeometryError,
     Neighbourhood,
+    contains,
     parse_geometry,
     segment_crossing,
 )
@@ -176,3 +177,25 @@ def test_near_keeps_exactly_the_geofences_whose_envelope_meets_the_segments(
     expected = [g for g in fences if _meets(g.bounds, x0, y0, x1, y1)]
     assert around.near(x0, y0, x1, y1) == expected
     assert around.near(x1, y1, x0, y0) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=6, unique=True),
+    coordinate, coordinate,
+)  # fmt: skip
+def test_contains_answers_as_shapely_does_inside_and_outside_the_envelope(
+    ring: list[tuple[float, float]], x: float, y: float
+) -> None:
+    """The envelope pre-test only ever says "outside" where the polygon has no point,
+    border included; everything else is shapely's answer."""
+    shape = shapely.Polygon(ring)
+    if not shape.is_valid or shape.area == 0:
+        shape = shape.convex_hull
+    if shape.geom_type != "Polygon" or shape.area == 0:
+        return
+    shapely.prepare(shape)
+    zone = Geofence(id=1, event_id=1, stage_id=None, kind="zone", name="z", sequence=0,
+                    speed_limit_kmh=None, shape=shape)  # fmt: skip
+    for px, py in [(x, y), *shape.exterior.coords]:  # the vertices: on the border
+        assert contains(zone, px, py) is bool(shapely.intersects_xy(shape, px, py))
