@@ -291,8 +291,14 @@ async def test_a_restart_replays_a_device_whose_late_fix_nobody_timed(
     assert crossings(url, race)[("start", 0)] == at(5)
 
     async with running(plugin(url, "second")) as second:
+        # The pass counts its reason just after its rows commit: wait for both.
         await wait_for(
-            lambda: crossings(url, race)[("start", 0)] == at(7.5), 10, what="the replay at start"
+            lambda: (
+                crossings(url, race)[("start", 0)] == at(7.5)
+                and recomputes(second, "definition") >= 1
+            ),
+            10,
+            what="the replay at start",
         )
         assert [recomputes(second, r) for r in ("definition", "rebuilt")] == [1, 0]
     await assert_equals_replay(url, race, capsys)
@@ -509,8 +515,11 @@ async def test_fixes_the_worker_has_no_room_for_do_not_hold_up_the_writer(
             assert p._commits.backlog == {imei}
         finally:
             holder.close()
+        # The pass counts its reason just after its rows commit: wait for both.
         await wait_for(
-            lambda: crossings(url, race)[("start", 0)] == at(7.5), 20, what="the backlog"
+            lambda: crossings(url, race)[("start", 0)] == at(7.5) and recomputes(p, "backlog") >= 1,
+            20,
+            what="the backlog",
         )
         assert recomputes(p, "backlog") == 1
     await assert_equals_replay(url, race, capsys)
@@ -545,7 +554,15 @@ async def test_a_drained_backlog_is_timed_from_the_stored_rows(
         assert gauge(p, "processor_domain_backlog_devices") == 1
         assert gauge(p, "processor_domain_timing_deferred") == 1
         await committed(FIXES[9:])  # a partial batch: drained
-        await wait_for(lambda: crossings(url, race) == EXPECTED_RECORDS, 10, what="timing")
+        # The pass counts its reason just after its rows commit: wait for both.
+        await wait_for(
+            lambda: (
+                crossings(url, race) == EXPECTED_RECORDS
+                and recomputes(p, "backlog") + recomputes(p, "rebuilt") >= 1
+            ),
+            10,
+            what="timing",
+        )
         assert gauge(p, "processor_domain_backlog_devices") == 0
         assert gauge(p, "processor_domain_timing_deferred") == 0
         assert recomputes(p, "backlog") + recomputes(p, "rebuilt") >= 1
