@@ -7,17 +7,16 @@ table ends up holding exactly that set (stale rows deleted). Late data, restarts
 replay tool all produce ``Replace``; that the two kinds converge to the same rows is what
 ``tests/domain/test_late_data.py`` checks.
 
-The rows are frozen msgspec Structs: one is built per crossing, zone event and result
-change on the live path, and a Struct is built in C, where a frozen attrs class sets
-each field through ``object.__setattr__`` (``bench.domain``'s hot path, under callgrind).
-``msgspec.structs.replace`` is their ``evolve``.
+The rows and both writes are frozen msgspec Structs: one is built per crossing, zone
+event and result change on the live path, and a Struct is built in C, where a frozen
+attrs class sets each field through ``object.__setattr__`` (``bench.domain``'s hot
+path, under callgrind). ``msgspec.structs.replace`` is their ``evolve``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-import attrs
 import msgspec
 
 
@@ -65,8 +64,7 @@ class StageResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return (self.stage_id, self.entry_id)
 
 
-@attrs.frozen(kw_only=True)
-class Update:
+class Update(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     records: tuple[TimingRecord, ...] = ()
     visits: tuple[ZoneVisit, ...] = ()
     results: tuple[StageResult, ...] = ()
@@ -75,8 +73,7 @@ class Update:
         return bool(self.records or self.visits or self.results)
 
 
-@attrs.frozen(kw_only=True)
-class Replace:
+class Replace(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Every row of ``entry_ids``; rows of those entries not listed here are deleted.
 
     With ``stage_ids`` only those stages' timing records and results are in scope (zone

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from processor.domain import timing
 from processor.domain.definition import RaceDefinition, build_definition
-from processor.domain.geofence import Geofence, contains, segment_crossing
+from processor.domain.geofence import Geofence, GeofenceIndex, contains, segment_crossing
 from processor.domain.timing import Fix, interpolate, replay
 from tests.domain.course import DEVICE, LAT, fix, geofence_rows, raw_rows
 
@@ -220,3 +220,23 @@ def test_grid_and_tree_hand_over_the_same_fences(
         assert [g.id for g in grid.geofences] == [g.id for g in tree.geofences]
     if huge:
         assert all(999 in [g.id for g in index.around(x, y, m).geofences] for x, y, m in queries)
+
+
+def test_a_straight_drive_looks_its_neighbourhood_up_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached box is centred ahead of travel: a drive at ~150 km/h with a fix every
+    5 s (0.003 deg) asks the index once per ~10 fixes, not once per ~7 (a box centred on
+    the fix it was asked at), and still finds every crossing."""
+    asked: list[tuple[float, float]] = []
+    around = GeofenceIndex.around
+
+    def counted(self: GeofenceIndex, x: float, y: float, margin: float) -> Any:
+        asked.append((x, y))
+        return around(self, x, y, margin)
+
+    monkeypatch.setattr(GeofenceIndex, "around", counted)
+    drive = [fix(i * 5, 13.99 + i * 0.003) for i in range(60)]
+    d = with_fences(geofence_rows())
+    track = replay(d, DEVICE, drive)
+    assert len(track.records) == 4  # start, both checkpoints, finish
+    assert len(asked) <= 1 + len(drive) // 10  # the first box: no direction yet
+    assert any(x > fx.x for (x, _), fx in zip(asked[1:], drive[1:], strict=False))
