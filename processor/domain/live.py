@@ -128,9 +128,19 @@ class LiveEngine:
     # made every queued chunk look late, and each one cost a rebuild or another replay.
     covered: dict[str, int] = attrs.field(factory=dict)
 
-    def relevant(self, p: Position) -> bool:
-        """Only valid fixes of devices with entries in loaded events matter to timing."""
-        return p.fix_valid and p.device_id in self.definition.entries_by_device
+    def _relevant_fixes(self, positions: Iterable[Position]) -> dict[str, list[Fix]]:
+        """Per device, in arrival order, the fixes that matter to timing: valid fixes of
+        devices with entries in loaded events (tested inline: it runs once per fix)."""
+        by_device: dict[str, list[Fix]] = {}
+        entered = self.definition.entries_by_device
+        for p in positions:
+            if p.fix_valid and p.device_id in entered:
+                fixes = by_device.get(p.device_id)
+                if fixes is None:
+                    by_device[p.device_id] = [Fix.of(p)]
+                else:
+                    fixes.append(Fix.of(p))
+        return by_device
 
     def reset(self, definition: RaceDefinition) -> None:
         """A new definition: every track is rebuilt (recomputed) on its next record."""
@@ -159,14 +169,13 @@ class LiveEngine:
     ) -> TimingPass:
         """One unit of work: the relevant ``positions`` plus devices ``force``d to recompute
         (device id -> reason). ``window``/``stage_id`` narrow a recomputation (replay)."""
-        incoming: dict[str, dict[int, Fix]] = {}
-        for p in positions:
-            if self.relevant(p):
-                fix = Fix.of(p)
-                incoming.setdefault(p.device_id, {})[fix.t_us] = fix
+        incoming = {  # one fix per instant: the last delivered
+            d: sorted({f.t_us: f for f in fixes}.values(), key=_fix_time)
+            for d, fixes in self._relevant_fixes(positions).items()
+        }
         return TimingPass(
             engine=self,
-            incoming={d: sorted(fs.values(), key=lambda f: f.t_us) for d, fs in incoming.items()},
+            incoming=incoming,
             force=dict(force or {}),
             window=window,
             stage_id=stage_id,
@@ -183,18 +192,9 @@ class LiveEngine:
         )
 
     def ingest(self, positions: Iterable[Position]) -> Ingested:
-        by_device: dict[str, list[Fix]] = {}
-        entered = self.definition.entries_by_device
-        for p in positions:
-            if p.fix_valid and p.device_id in entered:  # ``relevant``, inline: per fix
-                fixes = by_device.get(p.device_id)
-                if fixes is None:
-                    by_device[p.device_id] = [Fix.of(p)]
-                else:
-                    fixes.append(Fix.of(p))
         updates: list[Update] = []
         recompute: dict[str, str] = {}
-        for device_id, fixes in by_device.items():
+        for device_id, fixes in self._relevant_fixes(positions).items():
             track = self.tracks.get(device_id)
             if track is None:
                 recompute[device_id] = "cold"
