@@ -2,9 +2,10 @@
 
 ``python -m bench.record_path [--records N] [--repeat K]``: the real ``Decoder.split``
 and ``Writer.write`` (hot state, IO mapping and ``derived``, outcomes, metrics, the ack
-hand-off, the COPY rows) over stream entries shaped like redis-py's replies, in one
-process. The store is the real ``PositionStore`` with a session that takes the rows
-without sending them, so psycopg's formatting and every round trip are left out.
+hand-off, the COPY rows and psycopg's binary formatting of them) over stream entries
+shaped like redis-py's replies, in one process. The store is the real ``PositionStore``
+with a session that formats the rows without sending them, so every round trip and
+PostgreSQL's own work are left out.
 
 Why it exists: the end-to-end drains move +/-10 % between runs on this shared machine,
 so a change worth 2-5 % of the processor's CPU cannot be seen there. In one process the
@@ -21,10 +22,15 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import structlog
 import trio
+from psycopg import pq
+from psycopg._copy_base import BinaryFormatter  # what ``Copy.write_row`` formats with
+from psycopg.adapt import AdaptersMap, Transformer
 
 from bench.harness import fleet_fields, machine, print_table, write_json
 from processor.cli import _tune_gc as tune_gc
@@ -43,17 +49,33 @@ BATCH = 1000
 
 
 class _RowSink:
-    """Stands in for ``PgSession``: every statement succeeds; rows are only counted."""
+    """Stands in for ``PgSession``: every statement succeeds; the direct COPY's rows are
+    formatted as psycopg formats them for ``_copy_direct`` (binary, same column types
+    and dumpers), so the client's share of the COPY counts, but nothing is sent."""
 
     generation = 0
     connected = True
     rows = 0
+    copied_bytes = 0
+
+    def __init__(self) -> None:
+        context = SimpleNamespace(adapters=AdaptersMap(psycopg.adapters), connection=None)
+        dumper = getattr(pg_io, "_JsonTextBinaryDumper", None)
+        if dumper is not None:
+            context.adapters.register_dumper(None, dumper)
+        self._transformer = Transformer(context)
+        oids = [psycopg.postgres.types[t].oid for t in pg_io.DIRECT_COLUMN_TYPES]
+        self._transformer.set_dumper_types(oids, pq.Format.BINARY)
 
     async def connect(self) -> None:
         return None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if fn is pg_io._copy_direct:
+            formatter = BinaryFormatter(self._transformer)
+            for row in args[0]:
+                formatter.write_row(row)
+            self.copied_bytes += len(formatter.end())
             self.rows += len(args[0])
             return True  # "every row went in"
         return []  # rehydration's lookup: no stored row
@@ -111,6 +133,7 @@ def run(records: int, devices: int, repeat: int) -> dict[str, Any]:
         "devices": devices,
         "repeat": repeat,
         "rows_taken": sink.rows,
+        "copied_bytes": sink.copied_bytes,
         "cpu_us_per_record": per_record,
         "best_us_per_record": min(per_record),
         "median_us_per_record": statistics.median(per_record),
