@@ -60,11 +60,9 @@ class _RowSink:
 
     def __init__(self) -> None:
         context = SimpleNamespace(adapters=AdaptersMap(psycopg.adapters), connection=None)
-        dumper = getattr(pg_io, "_JsonTextBinaryDumper", None)
-        if dumper is not None:
-            context.adapters.register_dumper(None, dumper)
+        pg_io._copy_adapters(context)  # type: ignore[arg-type]  # what a COPY's cursor gets
         self._transformer = Transformer(context)
-        oids = [psycopg.postgres.types[t].oid for t in pg_io.DIRECT_COLUMN_TYPES]
+        oids = [psycopg.postgres.types[t].oid for t in pg_io.COPY_DUMP_TYPES]
         self._transformer.set_dumper_types(oids, pq.Format.BINARY)
 
     async def connect(self) -> None:

@@ -50,7 +50,7 @@ import redis
 
 import processor
 from processor import config as processor_config
-from processor.core.codec import attributes_json, decode, encode
+from processor.core.codec import decode, encode, stored_json
 from processor.core.model import Position
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -220,7 +220,7 @@ def position_row(p: Position) -> tuple[Any, ...]:
     """The ``positions`` row the processor stores for a position, in ``COLUMNS`` order."""
     return (
         p.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.heading, p.speed,
-        p.satellites, p.priority, p.event_io_id, p.fix_valid, attributes_json(p.attributes),
+        p.satellites, p.priority, p.event_io_id, p.fix_valid, stored_json(p.attributes).decode(),
         p.received_at,
     )  # fmt: skip
 

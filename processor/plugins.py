@@ -21,7 +21,7 @@ from processor.core.health import Readiness
 from processor.core.hot_state import DeviceStates
 from processor.core.metrics import Metrics
 from processor.core.model import Position
-from processor.core.observer import CommitObserver, Enricher
+from processor.core.observer import CommitObserver, Enricher, derive_json_each
 from processor.core.redis_io import RedisStreams
 from processor.core.shutdown import Shutdown
 
@@ -142,6 +142,9 @@ class Enrichers:
             if named:
                 merged.update(named)
         return merged or None
+
+    def derive_json(self, positions: Sequence[Position]) -> list[bytes | None]:
+        return derive_json_each(self.derive, positions)
 
 
 def combined_enricher(plugins: Sequence[Plugin]) -> Enricher | None:

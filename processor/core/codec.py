@@ -380,8 +380,8 @@ def encode(position: Position) -> dict[bytes, bytes]:
     return {b"payload": orjson.dumps(payload)}
 
 
-def attributes_json(attributes: Mapping[str, AttributeValue]) -> str:
-    """The JSONB text stored for a record's IO elements.
+def stored_json(value: Any) -> bytes:
+    """The JSON (UTF-8) stored in a jsonb column: a record's IO elements, derived attributes.
 
     JSONB numbers are arbitrary-precision, so a 64-bit IO value is stored as the exact
     number, not a sentinel; bytes become the text form of a ``bytea`` (``\\x`` + hex) so SQL
@@ -389,9 +389,9 @@ def attributes_json(attributes: Mapping[str, AttributeValue]) -> str:
     stdlib encoder is the fallback for the rare integer beyond 64 bits that orjson refuses.
     """
     try:
-        return orjson.dumps(attributes, default=_bytea_text).decode()
+        return orjson.dumps(value, default=_bytea_text)
     except TypeError:
-        return json.dumps(attributes, default=_bytea_text, separators=(",", ":"))
+        return json.dumps(value, default=_bytea_text, separators=(",", ":")).encode()
 
 
 def _instant(obj: dict[str, Any], name: str) -> datetime | None:

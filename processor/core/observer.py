@@ -7,9 +7,10 @@ and deployable without the race logic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from processor.core.codec import stored_json
 from processor.core.model import Entry, Outcome, Position
 
 
@@ -21,6 +22,21 @@ class Enricher(Protocol):
     """
 
     def derive(self, position: Position) -> Mapping[str, Any] | None: ...
+
+    def derive_json(self, positions: Sequence[Position]) -> list[bytes | None]:
+        """What the writer stores: per position ``stored_json(derive(position))``, or None.
+
+        One call per batch, so an enricher resolves what the batch shares (a definition,
+        a device's model) once, not per record; ``derive_json_each`` is the plain form.
+        """
+        ...
+
+
+def derive_json_each(
+    derive: Callable[[Position], Mapping[str, Any] | None], positions: Sequence[Position]
+) -> list[bytes | None]:
+    """``Enricher.derive_json`` from ``derive``, one call per position."""
+    return [None if (named := derive(p)) is None else stored_json(named) for p in positions]
 
 
 class CommitObserver(Protocol):

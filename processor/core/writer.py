@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import attrs
-import orjson
 import structlog
 import trio
 
@@ -157,19 +156,14 @@ class Writer:
             self.states.seed(device_id, newest.get(device_id))
         self.metrics.rehydrations.inc(len(newest))
 
-    def _derive(self, batch: list[Entry]) -> list[str | None] | None:
-        """The ``derived`` column of each record, as JSON text (None: nothing derived)."""
+    def _derive(self, batch: list[Entry]) -> list[bytes | None] | None:
+        """The ``derived`` column of each record, as JSON (None: nothing derived)."""
         if self.enricher is None:
             return None
-        derive = self.enricher.derive
-        out: list[str | None] = []
-        for entry in batch:
-            named = derive(entry.position)
-            out.append(None if named is None else orjson.dumps(named).decode())
-        return out
+        return self.enricher.derive_json([e.position for e in batch])
 
     async def _insert_isolating(
-        self, batch: list[Entry], derived: list[str | None] | None
+        self, batch: list[Entry], derived: list[bytes | None] | None
     ) -> tuple[AbstractSet[tuple[str, datetime]], list[tuple[Entry, str]]]:
         """Insert; if PostgreSQL rejects the data, bisect to find the records at fault."""
         try:

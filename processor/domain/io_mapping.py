@@ -12,11 +12,14 @@ field runs on.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import textwrap
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
+import orjson
 
+from processor.core.codec import stored_json
 from processor.core.model import AttributeValue
 
 Kind = Literal["bool", "number", "bytes"]
@@ -93,23 +96,50 @@ _RULE_CODE = {
 }
 
 
-def _compile(rules: tuple[IoRule, ...]) -> Any:
-    """The rules as one straight-line function: per record, a dict lookup and a test
-    per rule, no loop, no tuple unpacking, no call per element (``bench.profile``: the
-    loop over rule tuples cost ~2 µs per record on the write path). Names, keys and
-    scales from Directus are constants in the function's namespace, never source text.
+# The batch form, for the writer: the rules inside one loop over the batch's IO bags,
+# each result serialised as ``stored_json`` does (orjson; the stdlib beyond 64 bits).
+_BATCH_HEAD = """
+def apply_json(bags):
+    result = []
+    append = result.append
+    for attributes in bags:
+        get = attributes.get
+        out = {}"""
+_BATCH_TAIL = """
+        if not out:
+            append(None)
+            continue
+        try:
+            append(dumps(out))
+        except TypeError:
+            append(stored_json(out))
+    return result"""
+
+
+def _compile(rules: tuple[IoRule, ...]) -> tuple[Any, Any]:
+    """The rules as straight-line code: per record, a dict lookup and a test per rule,
+    no loop, no tuple unpacking, no call per element (``bench.profile``: the loop over
+    rule tuples cost ~2 µs per record on the write path). Names, keys and scales from
+    Directus are constants in the functions' namespace, never source text.
+
+    Two functions of the same rules: ``apply`` (one bag -> dict) and ``apply_json``
+    (bags -> JSON each), which saves the writer a Python call or four per record.
     """
-    namespace: dict[str, Any] = {"hex_text": _hex}
-    lines = ["def apply(attributes):", "    get = attributes.get", "    out = {}"]
+    namespace: dict[str, Any] = {"hex_text": _hex, "dumps": orjson.dumps}
+    namespace["stored_json"] = stored_json
+    body: list[str] = []
     for i, rule in enumerate(rules):
         namespace[f"K{i}"], namespace[f"N{i}"], namespace[f"S{i}"] = (
             str(rule.io_id), rule.name, rule.scale
         )  # fmt: skip
         scaled = rule.kind == "number" and rule.scale != 1.0
-        lines.append(_RULE_CODE[(rule.kind, scaled)].format(i=i))
-    lines.append("    return out or None")
-    exec(compile("\n".join(lines), "<io mapping>", "exec"), namespace)
-    return namespace["apply"]
+        body.append(_RULE_CODE[(rule.kind, scaled)].format(i=i))
+    one = ["def apply(attributes):", "    get = attributes.get", "    out = {}", *body]
+    one.append("    return out or None")
+    batch = [_BATCH_HEAD, *(textwrap.indent(code, "    ") for code in body), _BATCH_TAIL]
+    source = "\n".join(one) + "\n" + "\n".join(batch)
+    exec(compile(source, "<io mapping>", "exec"), namespace)
+    return namespace["apply"], namespace["apply_json"]
 
 
 @attrs.frozen
@@ -118,9 +148,15 @@ class IoMapping:
 
     rules: tuple[IoRule, ...]
     _apply: Any = attrs.field(init=False, repr=False, eq=False)
+    # bags -> per bag ``stored_json(apply(bag))`` or None, compiled with ``_apply``.
+    apply_json: Callable[[Iterable[Mapping[str, AttributeValue]]], list[bytes | None]] = (
+        attrs.field(init=False, repr=False, eq=False)
+    )
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_apply", _compile(self.rules))
+        apply, apply_json = _compile(self.rules)
+        object.__setattr__(self, "_apply", apply)
+        object.__setattr__(self, "apply_json", apply_json)
 
     def apply(self, attributes: Mapping[str, AttributeValue]) -> dict[str, Any] | None:
         """Named attributes for a raw bag; None when no rule's IO element is present."""

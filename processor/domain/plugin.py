@@ -48,6 +48,7 @@ from processor.core.pg_io import PostgresUnavailable, RowsRejected
 from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits, to_time
 from processor.domain.committed_feed import CommittedTail, FeedSource, committed_stream
 from processor.domain.definition import EMPTY, RaceDefinition, build_definition
+from processor.domain.io_mapping import IoMapping
 from processor.domain.live import LiveEngine, TimingPass
 from processor.domain.results import TimingRecord, Write
 from processor.domain.store import DomainStore, TablesMissing
@@ -159,6 +160,27 @@ class IoEnricher:
         definition = self.definitions.current
         mapping = definition.io.for_model(definition.models.get(position.device_id))
         return mapping.apply(position.attributes)
+
+    def derive_json(self, positions: Sequence[Position]) -> list[bytes | None]:
+        """One compiled call per mapping in the batch: mostly one (every model on the
+        defaults, or a fleet of one model)."""
+        definition = self.definitions.current
+        io = definition.io
+        if not io.by_model:
+            return io.default.apply_json([p.attributes for p in positions])
+        models, for_model = definition.models, io.for_model
+        mappings = [for_model(models.get(p.device_id)) for p in positions]
+        by_mapping: dict[IoMapping, list[int]] = {}
+        for i, mapping in enumerate(mappings):
+            by_mapping.setdefault(mapping, []).append(i)
+        if len(by_mapping) == 1:
+            return mappings[0].apply_json([p.attributes for p in positions])
+        out: list[bytes | None] = [None] * len(positions)
+        for mapping, indices in by_mapping.items():
+            derived = mapping.apply_json([positions[i].attributes for i in indices])
+            for i, json in zip(indices, derived, strict=True):
+                out[i] = json
+        return out
 
 
 @attrs.frozen

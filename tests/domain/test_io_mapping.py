@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processor.core.codec import stored_json
 from processor.domain.definition import build_definition
 from processor.domain.io_mapping import (
     DEFAULT_MAPPING,
@@ -81,6 +83,39 @@ def test_directus_rows_replace_defaults_for_their_model_only() -> None:
     assert enricher.derive(known) == {"engine_on": True}
     unknown = make_position("999", attributes={"239": 0, "66": 12000})
     assert enricher.derive(unknown) == {"ignition": False, "external_voltage_v": 12.0}
+
+
+def test_the_batch_form_maps_each_device_by_its_model() -> None:
+    """One batch, several models: each record as ``derive`` maps it, in batch order."""
+    rows = raw_rows(
+        io_mappings=[
+            {"id": 1, "model": "FMB920", "io_id": 239, "name": "engine_on", "scale": 1,
+             "kind": "bool"},
+            {"id": 2, "model": "FMB920", "io_id": 16, "name": "odo", "scale": 1,
+             "kind": "number"},
+        ]
+    )  # fmt: skip
+    enricher = IoEnricher(Definitions(build_definition(rows).definition))
+    known, unknown = "356307042441013", "999"
+    positions = [
+        make_position(known, attributes={"239": 1, "16": 2**70}),
+        make_position(unknown, attributes={"239": 0, "66": 12000}),
+        make_position(unknown, attributes={"999": 1}),
+        make_position(known, attributes={"239": 0}),
+    ]
+    stored = enricher.derive_json(positions)
+    assert [None if s is None else json.loads(s) for s in stored] == [
+        {"engine_on": True, "odo": 2**70},
+        {"ignition": False, "external_voltage_v": 12.0},
+        None,
+        {"engine_on": False},
+    ]
+    assert stored == [
+        None if (named := enricher.derive(p)) is None else stored_json(named) for p in positions
+    ]
+    assert enricher.derive_json([positions[1], positions[2]]) == stored[1:3]
+    assert enricher.derive_json([positions[0], positions[3]]) == [stored[0], stored[3]]
+    assert IoEnricher(Definitions()).derive_json(positions[1:3]) == stored[1:3]
 
 
 def test_rule_validation() -> None:
@@ -158,3 +193,9 @@ def test_the_compiled_mapping_means_what_its_rules_say(
     if got is not None and expected is not None:
         assert list(got) == list(expected)
         assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+    # The writer's batch form: the same, as stored JSON, integers beyond 64 bits included.
+    stored = IoMapping(rules).apply_json([attributes, {}, attributes])
+    want = None if expected is None else stored_json(expected)
+    assert stored == [want, None, want]
+    if want is not None:
+        assert json.loads(want) == json.loads(stored_json(interpreted(rules, attributes)))

@@ -13,6 +13,7 @@ import trio
 
 from processor import config
 from processor.core.model import Entry, Outcome, Position
+from processor.core.observer import derive_json_each
 from processor.plugins import Context
 from tests.helpers import count_rows, make_position, publish, start_app, wait_for
 
@@ -35,6 +36,9 @@ class RecordingPlugin:
         if position.attributes.get("239") is None:
             return None
         return {"ignition": position.attributes["239"] == 1, "speed_ms": position.speed / 3.6}
+
+    def derive_json(self, positions: Sequence[Position]) -> list[bytes | None]:
+        return derive_json_each(self.derive, positions)
 
     async def committed(self, entries: Sequence[Entry], outcomes: Sequence[Outcome]) -> None:
         self.batches.append(

@@ -45,7 +45,7 @@ async def test_both_paths_store_identical_rows(settings: config.Settings, store:
     """One device's rows written directly, another's through staging: same columns."""
     writer, paths = store
     a, b = f"A{uuid.uuid4().hex[:10]}", f"B{uuid.uuid4().hex[:10]}"
-    derived = '{"ignition":true,"odometer_km":12.5}'
+    derived = b'{"ignition":true,"odometer_km":12.5}'
     direct = [make_position(a, second=s) for s in (1, 2)]
     assert await writer.insert(direct, [derived, None]) == {p.key for p in direct}
     # b's batch repeats a's first row: a conflict, so it is staged.

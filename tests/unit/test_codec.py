@@ -451,7 +451,7 @@ def test_every_raised_kind_is_registered() -> None:
     assert {InvalidField, InvalidAttribute, FutureTimestamp} <= set(POISON_KINDS)
 
 
-# --- encode and attributes_json ---------------------------------------------------------
+# --- encode and stored_json -------------------------------------------------------------
 
 
 def test_encode_writes_the_contract_form() -> None:
@@ -474,19 +474,19 @@ def test_encode_writes_the_contract_form() -> None:
     }
 
 
-def test_attributes_json_reverses_sentinels() -> None:
-    text = codec.attributes_json(EXAMPLE_POSITION.attributes)
+def test_stored_json_reverses_sentinels() -> None:
+    text = codec.stored_json(EXAMPLE_POSITION.attributes)
     assert json.loads(text) == {
         "239": 1,
         "66": 12850,
         "16": 18446744073709551615,
         "10": "\\x010203",
     }
-    assert '"\\\\x010203"' in text  # JSON-escaped backslash, so ->> yields \x010203
+    assert b'"\\\\x010203"' in text  # JSON-escaped backslash, so ->> yields \x010203
 
 
-def test_attributes_json_beyond_64_bits() -> None:
-    text = codec.attributes_json({"1": 2**70, "2": -(2**64), "3": b"\xff\x00", "4": 0.1})
+def test_stored_json_beyond_64_bits() -> None:
+    text = codec.stored_json({"1": 2**70, "2": -(2**64), "3": b"\xff\x00", "4": 0.1})
     assert json.loads(text) == {"1": 2**70, "2": -(2**64), "3": "\\xff00", "4": 0.1}
 
 
@@ -659,8 +659,8 @@ def test_mutated_payload_never_crashes(
 
 @PROPERTY
 @given(attribute_maps)
-def test_attributes_json_is_exact(attributes: dict[str, int | float | bytes]) -> None:
-    stored = json.loads(codec.attributes_json(attributes))
+def test_stored_json_is_exact(attributes: dict[str, int | float | bytes]) -> None:
+    stored = json.loads(codec.stored_json(attributes))
     expected = {
         key: "\\x" + value.hex() if isinstance(value, bytes) else value
         for key, value in attributes.items()
