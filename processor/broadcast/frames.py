@@ -6,6 +6,7 @@ with hundreds of clients per event, per-client encoding would dominate the fan-o
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -41,7 +42,12 @@ def _default(value: object) -> Any:
 
 
 def dumps(frame: Mapping[str, Any]) -> str:
-    return orjson.dumps(frame, default=_default).decode()
+    try:
+        return orjson.dumps(frame, default=_default).decode()
+    except TypeError:
+        # An integer beyond 64 bits (a contract ``__bigint`` in the IO bag, or a named
+        # attribute mapped from one), which orjson refuses: the stdlib writes any int.
+        return json.dumps(frame, default=_default, separators=(",", ":"))
 
 
 def position_body(

@@ -22,7 +22,6 @@ import sys
 from datetime import datetime
 from typing import Any
 
-import orjson
 import trio
 from rich.console import Console
 from rich.progress import Progress
@@ -30,6 +29,7 @@ from rich.progress import Progress
 from processor import exit_codes
 from processor.config import Settings
 from processor.core.bridge import open_bridge
+from processor.core.codec import stored_json
 from processor.core.pg_io import PostgresUnavailable
 from processor.domain.definition import EMPTY, RaceDefinition, build_definition
 from processor.domain.live import LiveEngine
@@ -167,7 +167,7 @@ async def backfill_command(store: DomainStore, args: argparse.Namespace) -> int:
                 named = mapping.apply(_raw(attributes or {}))
                 ids.append(device_id)
                 stamps.append(ts)
-                values.append(None if named is None else orjson.dumps(named).decode())
+                values.append(None if named is None else stored_json(named).decode())
             updated += await store.execute(_SET_DERIVED, [ids, stamps, values])
             progress.advance(task, len(page))
     print(f"positions.derived: {updated} rows updated")

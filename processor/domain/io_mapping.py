@@ -75,7 +75,9 @@ def _hex(value: AttributeValue) -> str:
 
 
 # One rule's lines in a compiled ``apply`` (``{i}``: the rule's constants K, N, S). A
-# number rule skips a buffer value: the model table is wrong then, not the fix.
+# number rule skips a buffer value: the model table is wrong then, not the fix. A scaled
+# rule skips an integer beyond a float's range (a contract ``__bigint`` may have hundreds
+# of digits): there is no float to scale, and the exact value stays in ``attributes``.
 _RULE_CODE = {
     ("number", False): """
     v = get(K{i})
@@ -84,7 +86,10 @@ _RULE_CODE = {
     ("number", True): """
     v = get(K{i})
     if v is not None and v.__class__ is not bytes:
-        out[N{i}] = v * S{i}""",
+        try:
+            out[N{i}] = v * S{i}
+        except OverflowError:
+            pass""",
     ("bool", False): """
     v = get(K{i})
     if v is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,7 @@ import trio.testing
 
 from processor import config
 from processor.broadcast.directus import Credential, Directus, DirectusUnavailable
-from processor.broadcast.frames import event_id_of, iso
+from processor.broadcast.frames import event_id_of, iso, position_body, position_frame
 from processor.broadcast.handshake import (
     AUTH_FRAME_TIMEOUT_S,
     PATH,
@@ -25,6 +26,7 @@ from processor.broadcast.server import MAX_FRAME_BYTES
 from processor.broadcast.subscription import Subscription
 from processor.broadcast.ttl_cache import TtlCache
 from processor.broadcast.wire import TextFrame
+from tests.helpers import make_position
 
 T0 = datetime(2026, 5, 12, 9, 0, tzinfo=UTC)
 
@@ -193,6 +195,18 @@ def test_session_cookie_and_headers() -> None:
     assert session_cookie(headers["cookie"], "directus_session_token") == "tok"
     assert session_cookie("directus_session_token=", "directus_session_token") is None
     assert session_cookie("", "directus_session_token") is None
+
+
+def test_position_frames_carry_integers_beyond_64_bits() -> None:
+    """A contract ``__bigint`` may have any number of digits; orjson refuses them, and
+    the frame must still go out (exact: JSON numbers have no size limit)."""
+    position = make_position(attributes={"16": 2**70, "10": b"\x01\xff"})
+    body = position_body(position, 7, {"raw": 2**70, "odometer_km": 2**70 * 0.001})
+    frame = json.loads(position_frame("9", body))
+    assert frame["attrs"] == {"raw": 2**70, "odometer_km": pytest.approx(2**70 * 0.001)}
+    assert frame["type"] == "position"
+    assert frame["device_id"] == position.device_id
+    assert json.loads(position_frame("9", position_body(position, 7, None)))["attrs"] == {}
 
 
 def test_event_ids_are_plain_identifiers() -> None:

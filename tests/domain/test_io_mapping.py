@@ -152,7 +152,13 @@ def interpreted(rules: tuple[IoRule, ...], attributes: dict[str, Any]) -> dict[s
         if rule.kind == "number":
             if isinstance(value, bytes):
                 continue
-            out[rule.name] = value if rule.scale == 1.0 else value * rule.scale
+            if rule.scale == 1.0:
+                out[rule.name] = value
+                continue
+            try:
+                out[rule.name] = value * rule.scale
+            except OverflowError:  # an integer no float holds: nothing to scale
+                continue
         elif rule.kind == "bool":
             out[rule.name] = any(value) if isinstance(value, bytes) else value != 0
         else:
@@ -174,7 +180,7 @@ rule_lists = st.lists(
 bags = st.dictionaries(
     io_ids.map(str),
     st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.binary(max_size=4),
+    | st.binary(max_size=4) | st.sampled_from([10**400, -(10**309), 2**1024]),
     max_size=10,
 )  # fmt: skip
 

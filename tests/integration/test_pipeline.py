@@ -97,6 +97,37 @@ async def test_records_become_rows_byte_for_byte(
     assert state.position_count_session == 20
 
 
+async def test_integers_no_float_holds_are_stored_exactly_and_named_where_they_can_be(
+    running: RunningApp, settings: config.Settings, sync_redis: redis.Redis
+) -> None:
+    """The contract lets a ``__bigint`` have any number of digits. Beyond a float's range
+    the scaled odometer cannot be named (its exact value stays in ``attributes``), an
+    unscaled name carries it whole, and neither stops the pipeline."""
+    prefix = _prefix()
+    huge = 10**400
+    odd = make_position(f"{prefix}-0", attributes={"16": huge, "21": 2**70, "66": 12850})
+    plain = make_position(f"{prefix}-0", second=1)
+    publish(sync_redis, settings.telemetry_stream, [odd, plain])
+
+    await wait_for(lambda: count_rows(settings.postgres_url, prefix) == 2, what="both rows")
+    await wait_for(
+        lambda: group_pending(sync_redis, settings.telemetry_stream) == 0, what="all acked"
+    )
+    with psycopg.connect(settings.postgres_url) as conn:
+        rows = conn.execute(
+            "SELECT attributes->>'16', derived::text FROM positions WHERE device_id = %s"
+            " ORDER BY ts",
+            (odd.device_id,),
+        ).fetchall()
+    assert rows[0][0] == str(huge)
+    assert json.loads(rows[0][1]) == {
+        "gsm_signal": 2**70,
+        "external_voltage_v": pytest.approx(12.85),
+    }
+    assert rows[1][0] == "18446744073709551615"
+    assert json.loads(rows[1][1])["odometer_km"] == pytest.approx(18446744073709551.615)
+
+
 async def test_redelivery_creates_no_duplicates(
     running: RunningApp, settings: config.Settings, sync_redis: redis.Redis
 ) -> None:
