@@ -170,16 +170,17 @@ class IoEnricher:
             return io.default.apply_json([p.attributes for p in positions])
         models, for_model = definition.models, io.for_model
         mappings = [for_model(models.get(p.device_id)) for p in positions]
-        by_mapping: dict[IoMapping, list[int]] = {}
+        # By identity: a mapping's own hash would hash its rules, once per record.
+        by_mapping: dict[int, tuple[IoMapping, list[int]]] = {}
         for i, mapping in enumerate(mappings):
-            by_mapping.setdefault(mapping, []).append(i)
+            by_mapping.setdefault(id(mapping), (mapping, []))[1].append(i)
         if len(by_mapping) == 1:
             return mappings[0].apply_json([p.attributes for p in positions])
         out: list[bytes | None] = [None] * len(positions)
-        for mapping, indices in by_mapping.items():
+        for mapping, indices in by_mapping.values():
             derived = mapping.apply_json([positions[i].attributes for i in indices])
-            for i, json in zip(indices, derived, strict=True):
-                out[i] = json
+            for i, text in zip(indices, derived, strict=True):
+                out[i] = text
         return out
 
 
