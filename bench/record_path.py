@@ -1,16 +1,17 @@
 """The pipeline's own CPU per record, without Redis, PostgreSQL or the event loops.
 
-``python -m bench.record_path [--records N] [--repeat K]``: the real ``Decoder.split``
-and ``Writer.write`` (hot state, IO mapping and ``derived``, outcomes, metrics, the ack
-hand-off, the COPY rows and psycopg's binary formatting of them) over stream entries
-shaped like redis-py's replies, in one process. The store is the real ``PositionStore``
-with a session that formats the rows without sending them, so every round trip and
-PostgreSQL's own work are left out.
+``python -m bench.record_path [--records N] [--repeat K] [--no-enricher]``: the real
+``Decoder.split`` and ``Writer.write`` (hot state, IO mapping and ``derived``, outcomes,
+metrics, the ack hand-off, the COPY rows and psycopg's binary formatting of them) over
+stream entries shaped like redis-py's replies, in one process. The store is the real
+``PositionStore`` with a session that formats the rows without sending them, so every
+round trip and PostgreSQL's own work are left out.
 
 Why it exists: the end-to-end drains move +/-10 % between runs on this shared machine,
 so a change worth 2-5 % of the processor's CPU cannot be seen there. In one process the
 same work repeats within ~1-2 %, so such a change can be measured here, on the same code
-the drains run, and then checked end to end.
+the drains run, and then checked end to end. ``bench/instructions.sh`` counts it under
+callgrind instead, which repeats within ~10 instructions per record.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ async def _one_pass(raw: list[RawEntry], writer: Writer, decoder: Decoder) -> fl
     return used
 
 
-def run(records: int, devices: int, repeat: int) -> dict[str, Any]:
+def run(records: int, devices: int, repeat: int, enricher: bool = True) -> dict[str, Any]:
     raw = _raw_entries(records, devices)
     metrics = Metrics.create("bench")
     store = PositionStore("postgresql://unused")
@@ -118,7 +119,7 @@ def run(records: int, devices: int, repeat: int) -> dict[str, Any]:
                 metrics=metrics,
                 health=Readiness(),
                 log=structlog.get_logger(),
-                enricher=IoEnricher(Definitions()),
+                enricher=IoEnricher(Definitions()) if enricher else None,
             )
             used = await _one_pass(raw, writer, decoder)
             per_record.append(used / records * 1e6)
@@ -130,6 +131,7 @@ def run(records: int, devices: int, repeat: int) -> dict[str, Any]:
         "records": records,
         "devices": devices,
         "repeat": repeat,
+        "enricher": enricher,
         "rows_taken": sink.rows,
         "copied_bytes": sink.copied_bytes,
         "cpu_us_per_record": per_record,
@@ -145,9 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--devices", type=int, default=5_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--no-enricher",
+        action="store_true",
+        help="the writer without the IO mapping (what the derived column costs: on - off)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    result = run(args.records, args.devices, args.repeat)
+    result = run(args.records, args.devices, args.repeat, enricher=not args.no_enricher)
     if result["rows_taken"] != args.records * args.repeat:
         print(f"only {result['rows_taken']} rows reached the store", file=sys.stderr)
         return 1
