@@ -6,14 +6,12 @@ with hundreds of clients per event, per-client encoding would dominate the fan-o
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from processor.core.codec import exact_json
 from processor.core.model import Position
 
 # Event ids become part of a Directus URL path (``/items/events/<id>``): only plain
@@ -42,12 +40,8 @@ def _default(value: object) -> Any:
 
 
 def dumps(frame: Mapping[str, Any]) -> str:
-    try:
-        return orjson.dumps(frame, default=_default).decode()
-    except TypeError:
-        # An integer beyond 64 bits (a contract ``__bigint`` in the IO bag, or a named
-        # attribute mapped from one), which orjson refuses: the stdlib writes any int.
-        return json.dumps(frame, default=_default, separators=(",", ":"))
+    # exact_json: an IO value or named attribute may be an integer beyond 64 bits.
+    return exact_json(frame, _default).decode()
 
 
 def position_body(

@@ -47,7 +47,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
@@ -380,18 +380,24 @@ def encode(position: Position) -> dict[bytes, bytes]:
     return {b"payload": orjson.dumps(payload)}
 
 
+def exact_json(value: Any, default: Callable[[Any], Any]) -> bytes:
+    """Compact JSON (UTF-8) with every integer exact: orjson, and the stdlib encoder for
+    the rare integer beyond 64 bits that orjson refuses (a contract ``__bigint`` may have
+    thousands of digits). ``default`` as for both encoders."""
+    try:
+        return orjson.dumps(value, default=default)
+    except TypeError:
+        return json.dumps(value, default=default, separators=(",", ":")).encode()
+
+
 def stored_json(value: Any) -> bytes:
     """The JSON (UTF-8) stored in a jsonb column: a record's IO elements, derived attributes.
 
     JSONB numbers are arbitrary-precision, so a 64-bit IO value is stored as the exact
     number, not a sentinel; bytes become the text form of a ``bytea`` (``\\x`` + hex) so SQL
-    can get them back with ``decode(substr(..., 3), 'hex')``. orjson is the fast path; the
-    stdlib encoder is the fallback for the rare integer beyond 64 bits that orjson refuses.
+    can get them back with ``decode(substr(..., 3), 'hex')``.
     """
-    try:
-        return orjson.dumps(value, default=_bytea_text)
-    except TypeError:
-        return json.dumps(value, default=_bytea_text, separators=(",", ":")).encode()
+    return exact_json(value, _bytea_text)
 
 
 def _instant(obj: dict[str, Any], name: str) -> datetime | None:

@@ -163,8 +163,7 @@ async def backfill_command(store: DomainStore, args: argparse.Namespace) -> int:
             cursor = (page[-1][0], page[-1][1])
             ids, stamps, values = [], [], []
             for device_id, ts, attributes in page:
-                mapping = definition.io.for_model(definition.models.get(device_id))
-                named = mapping.apply(_raw(attributes or {}))
+                named = definition.mapping_of(device_id).apply(_raw(attributes or {}))
                 ids.append(device_id)
                 stamps.append(ts)
                 values.append(None if named is None else stored_json(named).decode())

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from processor.domain.geofence import Geofence, GeofenceIndex, GeometryError, parse_geometry
-from processor.domain.io_mapping import InvalidMapping, IoMappings, IoRule
+from processor.domain.io_mapping import InvalidMapping, IoMapping, IoMappings, IoRule
 
 Row = Mapping[str, Any]
 
@@ -115,6 +115,10 @@ class RaceDefinition:
 
     def entries_of(self, device_id: str) -> tuple[EntryRef, ...]:
         return self.entries_by_device.get(device_id, ())
+
+    def mapping_of(self, device_id: str) -> IoMapping:
+        """The IO mapping of the device's model (the defaults for an unknown device)."""
+        return self.io.for_model(self.models.get(device_id))
 
 
 EMPTY = RaceDefinition()

@@ -157,9 +157,7 @@ class IoEnricher:
     definitions: Definitions
 
     def derive(self, position: Position) -> Mapping[str, Any] | None:
-        definition = self.definitions.current
-        mapping = definition.io.for_model(definition.models.get(position.device_id))
-        return mapping.apply(position.attributes)
+        return self.definitions.current.mapping_of(position.device_id).apply(position.attributes)
 
     def derive_json(self, positions: Sequence[Position]) -> list[bytes | None]:
         """One compiled call per mapping in the batch: mostly one (every model on the
@@ -168,8 +166,8 @@ class IoEnricher:
         io = definition.io
         if not io.by_model:
             return io.default.apply_json([p.attributes for p in positions])
-        models, for_model = definition.models, io.for_model
-        mappings = [for_model(models.get(p.device_id)) for p in positions]
+        mapping_of = definition.mapping_of
+        mappings = [mapping_of(p.device_id) for p in positions]
         # By identity: a mapping's own hash would hash its rules, once per record.
         by_mapping: dict[int, tuple[IoMapping, list[int]]] = {}
         for i, mapping in enumerate(mappings):
