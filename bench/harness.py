@@ -55,6 +55,7 @@ from bench.run import (
     scrape_metrics,
     wait_drained,
 )
+from processor import native
 from processor.core.codec import encode
 from processor.core.model import Position
 
@@ -120,6 +121,9 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()),
+        # compiled or source, per hot-path module, as a processor started now would find
+        # them (unless a run passes --env PROCESSOR_PURE_PYTHON=1)
+        "native": native.status(),
     }
 
 

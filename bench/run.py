@@ -50,6 +50,7 @@ import redis
 
 import processor
 from processor import config as processor_config
+from processor import native
 from processor.core.codec import decode, encode, stored_json
 from processor.core.model import Position
 
@@ -467,8 +468,9 @@ class ProcessorProcess:
 def processor_env(
     args: argparse.Namespace, postgres_url: str, stream: str, group: str
 ) -> dict[str, str]:
-    """The child's environment: ours minus any processor setting, plus the bench's."""
-    own = {v.env for v in processor_config.VARIABLES}
+    """The child's environment: ours minus any processor setting (and the switch to
+    run the hot path from source: pass it with ``--env``), plus the bench's."""
+    own = {v.env for v in processor_config.VARIABLES} | {native.PURE_ENV}
     env = {k: v for k, v in os.environ.items() if k not in own}
     env.update(
         {

@@ -5,4 +5,9 @@
 # loop it runs inside Trio is found. Importing it here orders every processor.* import.
 import trio_asyncio  # noqa: F401
 
+from processor import native
+
+# Before any compiled module is imported: a stale build must not run (see native.py).
+native.guard()
+
 __version__ = "0.1.0"

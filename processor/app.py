@@ -34,7 +34,7 @@ import attrs
 import structlog
 import trio
 
-from processor import exit_codes
+from processor import exit_codes, native
 from processor.config import Settings
 from processor.core.acker import Acker
 from processor.core.backoff import Backoff
@@ -118,6 +118,7 @@ class App:
             group=self.settings.consumer_group,
             consumer=self.settings.consumer_name,
             nice=os.nice(0),
+            native=native.status(),
         )
         try:
             async with open_bridge():

@@ -31,7 +31,7 @@ Decisions where the contract is silent:
   producer can add fields without breaking this consumer.
 
 Two paths, one contract. A record as ingestion writes it is decoded by msgspec into
-``_Payload`` (JSON parsing, types and bounds in one C pass) and finished here: ~2 µs
+``payload.Payload`` (JSON parsing, types and bounds in one C pass) and finished here: ~2 µs
 less per record than parsing with orjson and checking each field in Python. Anything
 that path is not sure of (an unknown key, an integral float, a null, any failure at all)
 goes to the field-by-field path, which is the reference: it accepts what the contract
@@ -47,11 +47,10 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 
-import msgspec
 import orjson
 
 from processor.core.errors import (
@@ -61,18 +60,18 @@ from processor.core.errors import (
     MalformedPayload,
     MissingField,
     MissingPayload,
+    PoisonRecord,
     UnknownVersion,
 )
-from processor.core.model import AttributeValue, Position
+from processor.core.model import AttributeValue, Entry, Position, RawEntry
+from processor.core.payload import FLOAT_MAX as _FLOAT_MAX
+from processor.core.payload import IO_ID_MAX as _IO_ID_MAX
+from processor.core.payload import Sentinel as _Sentinel
+from processor.core.payload import decode_payload as _decode_payload
 
 # Largest integer a JavaScript number holds exactly; beyond it the producer must (and we
 # do) use the __bigint sentinel.
 _JS_SAFE_INT: Final = 2**53 - 1
-# Finite bounds for "any number" fields: comparisons against them reject inf, NaN and ints
-# too large to become a float, in one step.
-_FLOAT_MAX: Final = 1.7976931348623157e308
-# IO ids are at most two bytes in Codec 8E and 16.
-_IO_ID_MAX: Final = 65535
 # How much of an offending value a poison reason quotes: enough to recognise it, never a
 # whole payload in a log line or dead-letter entry.
 _SHOW_MAX: Final = 80
@@ -92,36 +91,6 @@ _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 # Digits a __bigint may have on the fast path: far below Python's int-from-str limit.
 _FAST_DIGITS: Final = 1000
-_Real = msgspec.Meta
-
-
-class _Sentinel(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """A sentinel object as msgspec reads it: the buffer's base64 decoded in C (stricter
-    than the reference, never looser: ``tests/unit/test_codec.py``)."""
-
-    bigint: str | None = msgspec.field(default=None, name="__bigint")
-    buffer: bytes | None = msgspec.field(default=None, name="__buffer_b64")
-
-
-class _Payload(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The contract's payload as msgspec checks it (the fast path's first step)."""
-
-    device_id: str
-    timestamp: str
-    latitude: Annotated[float, _Real(ge=-90.0, le=90.0)]
-    longitude: Annotated[float, _Real(ge=-180.0, le=180.0)]
-    altitude: Annotated[float, _Real(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
-    angle: Annotated[float, _Real(ge=0.0, le=360.0)]
-    satellites: Annotated[int, _Real(ge=0, le=255)]
-    speed: Annotated[float, _Real(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
-    priority: Annotated[int, _Real(ge=0, le=2)]
-    event_io_id: Annotated[int, _Real(ge=0, le=_IO_ID_MAX)]
-    attributes: dict[str, int | float | _Sentinel]
-    received_at: str | None = None
-    codec: Literal["8", "8E", "16"] | None = None
-
-
-_decode_payload = msgspec.json.Decoder(_Payload).decode
 
 
 def decode(fields: Mapping[bytes, bytes], *, now: datetime, future_tolerance_s: float) -> Position:
@@ -142,6 +111,28 @@ def decode(fields: Mapping[bytes, bytes], *, now: datetime, future_tolerance_s: 
     if position is not None:
         return position
     return _reference(raw, now, future_tolerance_s)
+
+
+def decode_entries(
+    raw: Sequence[RawEntry], now: datetime, future_tolerance_s: float, stream: str
+) -> tuple[list[Entry], list[tuple[RawEntry, PoisonRecord | None]]]:
+    """``decode`` over a read: the decoded entries, and each other entry with its error
+    (None: Redis returned it without fields, i.e. it was trimmed before it was read).
+    One loop here rather than in the caller, so it runs compiled with ``decode``."""
+    good: list[Entry] = []
+    bad: list[tuple[RawEntry, PoisonRecord | None]] = []
+    for item in raw:
+        fields = item.fields
+        if not fields:
+            bad.append((item, None))
+            continue
+        try:
+            position = decode(fields, now=now, future_tolerance_s=future_tolerance_s)
+        except PoisonRecord as exc:
+            bad.append((item, exc))
+            continue
+        good.append(Entry(item.entry_id, position, fields, stream))
+    return good, bad
 
 
 def _fast(raw: Any, now: datetime, future_tolerance_s: float) -> Position | None:

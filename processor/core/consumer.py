@@ -23,8 +23,7 @@ import attrs
 import structlog
 import trio
 
-from processor.core.codec import decode
-from processor.core.errors import PoisonRecord
+from processor.core.codec import decode_entries
 from processor.core.health import Readiness
 from processor.core.messages import DeadLetter
 from processor.core.metrics import Metrics
@@ -65,30 +64,17 @@ class Decoder:
         return good, exhausted + bad
 
     def split(self, raw: list[RawEntry], stream: str = "") -> tuple[list[Entry], list[DeadLetter]]:
-        now = datetime.now(UTC)
-        good: list[Entry] = []
+        good, bad = decode_entries(raw, datetime.now(UTC), self.future_tolerance_s, stream)
         dead: list[DeadLetter] = []
-        for item in raw:
-            if not item.fields:
-                dead.append(
-                    DeadLetter(
-                        item.entry_id,
-                        {},
-                        "trimmed",
-                        "entry was trimmed from the stream before processing",
-                        stream=stream,
-                    )
-                )
+        for item, error in bad:
+            if error is None:
+                reason = "entry was trimmed from the stream before processing"
+                dead.append(DeadLetter(item.entry_id, {}, "trimmed", reason, stream=stream))
                 continue
-            try:
-                position = decode(item.fields, now=now, future_tolerance_s=self.future_tolerance_s)
-            except PoisonRecord as exc:
-                self.metrics.poison.labels(exc.kind).inc()
-                dead.append(
-                    DeadLetter(item.entry_id, item.fields, exc.kind, exc.reason, stream=stream)
-                )
-            else:
-                good.append(Entry(item.entry_id, position, item.fields, stream))
+            self.metrics.poison.labels(error.kind).inc()
+            dead.append(
+                DeadLetter(item.entry_id, item.fields, error.kind, error.reason, stream=stream)
+            )
         return good, dead
 
 

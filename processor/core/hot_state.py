@@ -11,12 +11,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
-import attrs
-
 from processor.core.model import Position
 
 
-@attrs.define(slots=True)
 class DeviceState:
     """What the processor knows of one device right now.
 
@@ -26,16 +23,37 @@ class DeviceState:
     instance inserted, not deliveries: a re-delivered record is the same position.
     """
 
-    last_position: Position | None = None
-    last_seen: datetime | None = None
-    position_count_session: int = 0
+    __slots__ = ("last_position", "last_seen", "position_count_session")
+
+    def __init__(self) -> None:
+        self.last_position: Position | None = None
+        self.last_seen: datetime | None = None
+        self.position_count_session = 0
+
+    def _fields(self) -> tuple[Position | None, datetime | None, int]:
+        return (self.last_position, self.last_seen, self.position_count_session)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DeviceState):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        last, seen, count = self._fields()
+        return (
+            f"DeviceState(last_position={last!r}, last_seen={seen!r},"
+            f" position_count_session={count})"
+        )
 
 
-@attrs.define
 class DeviceStates:
-    capacity: int
-    _states: OrderedDict[str, DeviceState] = attrs.field(factory=OrderedDict, init=False)
-    evictions: int = attrs.field(default=0, init=False)
+    """Plain classes here, not attrs ones: this module is compiled (mypyc, see
+    ``processor/native.py``), and mypyc makes native classes of plain ones."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._states: OrderedDict[str, DeviceState] = OrderedDict()
+        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._states)

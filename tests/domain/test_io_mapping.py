@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processor.core.codec import stored_json
+from processor.domain import io_apply, io_mapping
 from processor.domain.definition import build_definition
 from processor.domain.io_mapping import (
     DEFAULT_MAPPING,
@@ -188,5 +189,10 @@ def test_the_compiled_mapping_means_what_its_rules_say(
     stored = IoMapping(rules).apply_json([attributes, {}, attributes])
     want = None if expected is None else stored_json(expected)
     assert stored == [want, None, want]
+    # Both batch forms, whichever is in use: the generated code (what runs from source)
+    # and io_apply's loop over the rules (what runs compiled, processor/native.py).
+    batch = [attributes, {}, attributes]
+    assert io_mapping._compile(rules)[1](batch) == [want, None, want]
+    assert io_apply.apply_json(io_mapping.plan(rules), batch) == [want, None, want]
     if want is not None:
         assert json.loads(want) == json.loads(stored_json(interpreted(rules, attributes)))

@@ -228,6 +228,9 @@ def test_dockerignore_matcher_follows_docker_rules() -> None:
     assert dockerignore_excludes("processor/__pycache__/app.cpython-311.pyc")
     assert dockerignore_excludes("processor/core/__pycache__/x.pyc")
     assert not dockerignore_excludes("processor/core/writer.py")
+    # a local mypyc build is for the host's interpreter: never in an image
+    assert dockerignore_excludes("processor/core/codec.cpython-311-x86_64-linux-gnu.so")
+    assert dockerignore_excludes("processor/_native.json")
     assert not dockerignore_excludes("requirements.lock")
 
 

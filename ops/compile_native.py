@@ -1,0 +1,92 @@
+"""Compile the hot-path modules (``processor.native.COMPILED``) with mypyc, in place.
+
+    .venv/bin/python ops/compile_native.py           # compile; ops/setup.sh runs this
+    .venv/bin/python ops/compile_native.py --clean   # remove the compiled modules
+
+Each module becomes an extension module beside its source (``processor/core/codec.py``
+-> ``codec.cpython-311-*.so``), and ``processor/_native.json`` records the hash of the
+source it was compiled from: ``processor/native.py`` runs a changed source as Python
+until this runs again. Needs a C compiler and the Python headers; without them it says
+so and exits 1, and the processor runs its sources (slower, same behaviour).
+Separate compilation (one extension per module) keeps each next to its source, so an
+editable install and a wheel find them the same way. The build's scratch files go to a
+temporary directory, not into the checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from processor import native  # noqa: E402  (after the path: run as a script)
+
+_SETUP = """
+import sys
+from setuptools import setup
+from mypyc.build import mypycify
+setup(
+    name="processor-native",
+    py_modules=[],
+    ext_modules=mypycify(sys.argv.pop(1).split(","), opt_level="3", separate=True,
+                         target_dir=sys.argv.pop(1)),
+)
+"""
+
+
+def artifacts() -> list[Path]:
+    """What a compile leaves in the package: the extension modules and the manifest."""
+    found = [native.MANIFEST] if native.MANIFEST.exists() else []
+    for module in native.COMPILED:
+        source = native.source_path(module)
+        found += sorted(source.parent.glob(f"{source.stem}.*.so"))
+        found += sorted(source.parent.glob(f"{source.stem}__mypyc.*.so"))
+    return found
+
+
+def clean() -> None:
+    for path in artifacts():
+        path.unlink()
+
+
+def compile_modules() -> int:
+    clean()  # a half-built set must never sit beside a manifest that vouches for it
+    sources = [str(native.source_path(m).relative_to(ROOT)) for m in native.COMPILED]
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = Path(tmp, "setup.py")
+        setup.write_text(_SETUP)
+        build = [
+            sys.executable, str(setup), ",".join(sources), str(Path(tmp, "c")),
+            "build_ext", "--inplace", "--build-temp", str(Path(tmp, "t")),
+        ]  # fmt: skip
+        env = {**os.environ, "MYPY_CACHE_DIR": str(Path(tmp, "mypy_cache"))}
+        done = subprocess.run(build, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        clean()
+        print(done.stdout[-4000:] + done.stderr[-4000:], file=sys.stderr)
+        print("compile_native: mypyc failed; the processor runs from source", file=sys.stderr)
+        return 1
+    hashes = {m: native.source_hash(native.source_path(m)) for m in native.COMPILED}
+    native.MANIFEST.write_text(json.dumps({"modules": hashes}, indent=1) + "\n")
+    print(f"compile_native: compiled {', '.join(native.COMPILED)}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clean", action="store_true", help="remove the compiled modules")
+    if parser.parse_args().clean:
+        clean()
+        return 0
+    return compile_modules()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
