@@ -45,9 +45,12 @@ def artifacts() -> list[Path]:
     """What a compile leaves in the package: the extension modules and the manifest."""
     found = [native.MANIFEST] if native.MANIFEST.exists() else []
     for module in native.COMPILED:
-        source = native.source_path(module)
-        found += sorted(source.parent.glob(f"{source.stem}.*.so"))
-        found += sorted(source.parent.glob(f"{source.stem}__mypyc.*.so"))
+        extension = native.compiled_path(module)
+        if extension is not None:
+            found.append(extension)
+            # separate=True puts the module's C runtime in a companion extension
+            companion = extension.with_name(extension.name.replace(".", "__mypyc.", 1))
+            found += [companion] if companion.exists() else []
     return found
 
 

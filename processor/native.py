@@ -1,10 +1,11 @@
 """Which hot-path modules may run compiled (mypyc), and the guard against a stale build.
 
 Most of the processor's CPU per record is Python-level work in a few modules (decoding,
-hot state, the latency histogram). ``ops/compile_native.py`` compiles ``COMPILED`` with
-mypyc into extension modules beside their sources: same code, same types (mypy strict
-already holds them), no second implementation to keep in step. Without a compiler the
-sources run as they are; the compiled form is an accelerator, never a requirement.
+hot state, the latency histogram, the IO mapping's batch loop). ``ops/compile_native.py``
+compiles ``COMPILED`` with mypyc into extension modules beside their sources: same code,
+same types (mypy strict already holds them), no second implementation to keep in step.
+Without a compiler the sources run as they are; the compiled form is an accelerator,
+never a requirement.
 
 CPython imports an extension module before a ``.py`` of the same name, so after an edit
 the old compiled code would run and the edit would silently not. ``guard()`` (called by

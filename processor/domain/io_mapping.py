@@ -119,14 +119,15 @@ _BATCH_TAIL = """
     return result"""
 
 
-def _compile(rules: tuple[IoRule, ...]) -> tuple[Any, Any]:
+def _compile(rules: tuple[IoRule, ...], *, batch: bool = True) -> tuple[Any, Any]:
     """The rules as straight-line code: per record, a dict lookup and a test per rule,
     no loop, no tuple unpacking, no call per element (``bench.profile``: the loop over
     rule tuples cost ~2 µs per record on the write path). Names, keys and scales from
     Directus are constants in the functions' namespace, never source text.
 
     Two functions of the same rules: ``apply`` (one bag -> dict) and ``apply_json``
-    (bags -> JSON each), which saves the writer a Python call or four per record.
+    (bags -> JSON each), which saves the writer a Python call or four per record;
+    ``batch=False`` leaves the second out (None) where ``io_apply``'s loop replaces it.
     """
     namespace: dict[str, Any] = {"hex_text": io_apply.hex_text, "dumps": orjson.dumps}
     namespace["stored_json"] = stored_json
@@ -139,10 +140,12 @@ def _compile(rules: tuple[IoRule, ...]) -> tuple[Any, Any]:
         body.append(_RULE_CODE[(rule.kind, scaled)].format(i=i))
     one = ["def apply(attributes):", "    get = attributes.get", "    out = {}", *body]
     one.append("    return out or None")
-    batch = [_BATCH_HEAD, *(textwrap.indent(code, "    ") for code in body), _BATCH_TAIL]
-    source = "\n".join(one) + "\n" + "\n".join(batch)
+    source = "\n".join(one)
+    if batch:
+        loop = [_BATCH_HEAD, *(textwrap.indent(code, "    ") for code in body), _BATCH_TAIL]
+        source += "\n" + "\n".join(loop)
     exec(compile(source, "<io mapping>", "exec"), namespace)
-    return namespace["apply"], namespace["apply_json"]
+    return namespace["apply"], namespace.get("apply_json")
 
 
 def plan(rules: tuple[IoRule, ...]) -> io_apply.Plan:
@@ -175,7 +178,7 @@ class IoMapping:
     )
 
     def __attrs_post_init__(self) -> None:
-        apply, apply_json = _compile(self.rules)
+        apply, apply_json = _compile(self.rules, batch=not _LOOP_IS_FASTER)
         if _LOOP_IS_FASTER:
             apply_json = functools.partial(io_apply.apply_json, plan(self.rules))
         object.__setattr__(self, "_apply", apply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processor import native
 from processor.core.codec import stored_json
 from processor.domain import io_apply, io_mapping
 from processor.domain.definition import build_definition
@@ -196,3 +198,13 @@ def test_the_compiled_mapping_means_what_its_rules_say(
     assert io_apply.apply_json(io_mapping.plan(rules), batch) == [want, None, want]
     if want is not None:
         assert json.loads(want) == json.loads(stored_json(interpreted(rules, attributes)))
+
+
+def test_the_batch_form_in_use_is_the_faster_one() -> None:
+    """Compiled, io_apply's loop replaces the generated batch code, which is then not
+    generated at all; from source, the generated code is what runs."""
+    mapping = IoMapping(io_mapping.TELTONIKA_DEFAULTS)
+    loop = isinstance(mapping.apply_json, functools.partial)
+    assert loop == native.runs_compiled(io_apply)
+    assert io_mapping._compile(mapping.rules, batch=False)[1] is None
+    assert callable(io_mapping._compile(mapping.rules)[1])
