@@ -6,10 +6,12 @@
 #   docker run --rm -e REDIS_URL=... -e POSTGRES_URL=... -p 8080:8080 -p 8081:8081 processor
 #
 # Two stages on the same base image: the builder installs the locked dependencies
-# (requirements.lock, hash-checked, wheels only) into a venv and adds the project's own
-# wheel, built by the build backend of ops/build.lock (hash-checked too, in a venv of its
-# own that is not shipped); the runtime stage copies the venv and nothing else (no
-# compilers, no pip cache, no sources, no build tools), and runs as an unprivileged user.
+# (requirements.lock, hash-checked, wheels only) into a venv, compiles the hot path with
+# mypyc (ops/compile_native.py; gcc, and mypy from ops/native.lock) and adds the
+# project's own wheel with those extensions in it, built by the build backend of
+# ops/build.lock (hash-checked too; backend and compiler in a venv of their own that is
+# not shipped); the runtime stage copies the venv and nothing else (no compilers, no pip
+# cache, no sources, no build tools), and runs as an unprivileged user.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -22,20 +24,34 @@ COPY requirements.lock ./
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
         -r requirements.lock
-# The build backend (pyproject's build-system), locked as well: pip's default build
-# isolation would fetch whatever hatchling is newest, unpinned and unchecked.
-COPY ops/build.lock ./
+# A C compiler for the mypyc build; the builder stage only (the runtime stage copies
+# the venv). Not version-pinned: Debian's security updates replace these packages, and a
+# pin would break the build when they do.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+# The build backend (pyproject's build-system) and the compiler's mypy and setuptools,
+# locked as well: pip's default build isolation would fetch whatever hatchling is newest,
+# unpinned and unchecked.
+COPY ops/build.lock ops/native.lock ./
 RUN python -m venv /opt/build \
     && /opt/build/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
-        -r build.lock
-# The project itself: build its wheel (schema/ goes in as processor/_schema) and install
-# it without dependencies, so nothing unlocked gets in.
+        -r build.lock -r native.lock
+# The project itself: compile the hot path (mypy reads the dependencies' types from the
+# runtime venv), build the wheel with the extensions in it (ops/hatch_native.py fails
+# the build if any is missing or stale; schema/ goes in as processor/_schema), install
+# it without dependencies, so nothing unlocked gets in, and check that it runs compiled.
 COPY pyproject.toml README.md ./
+COPY ops/compile_native.py ops/hatch_native.py ./ops/
 COPY processor ./processor
 COPY schema ./schema
-RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels . \
+RUN /opt/build/bin/python ops/compile_native.py --python-executable /opt/venv/bin/python \
+    && PROCESSOR_NATIVE_WHEEL=1 /opt/build/bin/pip wheel --no-cache-dir --no-deps \
+        --no-build-isolation --wheel-dir /wheels . \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/processor-*.whl \
-    && /opt/venv/bin/processor --version
+    && /opt/venv/bin/processor --version \
+    && /opt/venv/bin/processor native --require-compiled
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="processor" \

@@ -2,15 +2,21 @@
 
     .venv/bin/python ops/compile_native.py           # compile; ops/setup.sh runs this
     .venv/bin/python ops/compile_native.py --clean   # remove the compiled modules
+    /opt/build/bin/python ops/compile_native.py --python-executable /opt/venv/bin/python
+                                                     # the image's builder (Dockerfile)
 
 Each module becomes an extension module beside its source (``processor/core/codec.py``
 -> ``codec.cpython-311-*.so``), and ``processor/_native.json`` records the hash of the
 source it was compiled from: ``processor/native.py`` runs a changed source as Python
-until this runs again. Needs a C compiler and the Python headers; without them it says
-so and exits 1, and the processor runs its sources (slower, same behaviour).
-Separate compilation (one extension per module) keeps each next to its source, so an
-editable install and a wheel find them the same way. The build's scratch files go to a
-temporary directory, not into the checkout.
+until this runs again. Needs a C compiler, the Python headers, mypy and setuptools (in
+the dev venv; ``ops/native.lock`` for the image); without them it says so and exits 1,
+and the processor runs its sources (slower, same behaviour). Separate compilation (one
+extension per module) keeps each next to its source, so an editable install and a wheel
+find them the same way. The build's scratch files go to a temporary directory.
+
+It runs without the processor's dependencies installed beside it: ``native.py`` is
+loaded as a file (the package's ``__init__`` imports trio-asyncio), and mypy reads the
+dependencies' types from ``--python-executable``'s packages.
 """
 
 from __future__ import annotations
@@ -18,15 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from processor import native  # noqa: E402  (after the path: run as a script)
 
 _SETUP = """
 import sys
@@ -41,32 +46,26 @@ setup(
 """
 
 
-def artifacts() -> list[Path]:
-    """What a compile leaves in the package: the extension modules and the manifest."""
-    found = [native.MANIFEST] if native.MANIFEST.exists() else []
-    for module in native.COMPILED:
-        extension = native.compiled_path(module)
-        if extension is not None:
-            found.append(extension)
-            # separate=True puts the module's C runtime in a companion extension
-            companion = extension.with_name(extension.name.replace(".", "__mypyc.", 1))
-            found += [companion] if companion.exists() else []
-    return found
+# processor/native.py without importing the package (it is stdlib only)
+native = SimpleNamespace(**runpy.run_path(str(ROOT / "processor" / "native.py")))
 
 
 def clean() -> None:
-    for path in artifacts():
+    for path in native.build_files():
         path.unlink()
 
 
-def compile_modules() -> int:
+def compile_modules(python_executable: str) -> int:
     clean()  # a half-built set must never sit beside a manifest that vouches for it
     sources = [str(native.source_path(m).relative_to(ROOT)) for m in native.COMPILED]
+    # mypycify takes mypy options among its paths: the interpreter whose site-packages
+    # hold the dependencies' types (msgspec, orjson, attrs, ...).
+    paths = [*sources, f"--python-executable={python_executable}"]
     with tempfile.TemporaryDirectory() as tmp:
         setup = Path(tmp, "setup.py")
         setup.write_text(_SETUP)
         build = [
-            sys.executable, str(setup), ",".join(sources), str(Path(tmp, "c")),
+            sys.executable, str(setup), ",".join(paths), str(Path(tmp, "c")),
             "build_ext", "--inplace", "--build-temp", str(Path(tmp, "t")),
         ]  # fmt: skip
         env = {**os.environ, "MYPY_CACHE_DIR": str(Path(tmp, "mypy_cache"))}
@@ -85,10 +84,16 @@ def compile_modules() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clean", action="store_true", help="remove the compiled modules")
-    if parser.parse_args().clean:
+    parser.add_argument(
+        "--python-executable",
+        default=sys.executable,
+        help="the interpreter whose installed packages mypy reads (default: this one)",
+    )
+    args = parser.parse_args()
+    if args.clean:
         clean()
         return 0
-    return compile_modules()
+    return compile_modules(args.python_executable)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@
 # change to [build-system] requires in pyproject.toml:
 #   .venv/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml","rb"))["build-system"]["requires"], sep="\n")' \
 #     | .venv/bin/uv pip compile - --universal --python-version 3.11 --generate-hashes -o ops/build.lock
+# The image's mypyc build takes mypy (the dev lock's version) and setuptools from
+# ops/native.lock; after mypy moves in requirements-dev.lock:
+#   printf 'mypy==%s\nsetuptools\n' "$(sed -n 's/^mypy==\([^ ]*\).*/\1/p' requirements-dev.lock)" \
+#     | .venv/bin/uv pip compile - --universal --python-version 3.11 --generate-hashes -o ops/native.lock
 # tests/ops/test_lock.py fails while a lock lags behind pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -19,7 +19,7 @@ from typing import NoReturn, cast
 import trio
 from structlog.typing import FilteringBoundLogger
 
-from processor import __version__, config, exit_codes
+from processor import __version__, config, exit_codes, native
 from processor.domain import commands as domain_commands
 from processor.logs import make_logger
 from processor.operator import commands as operator_commands
@@ -65,11 +65,24 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     simulate.add_arguments(simulate_parser)
+    native_parser = sub.add_parser(
+        "native",
+        help="say which hot-path modules run compiled (mypyc) and which from source",
+        description="One line per module of processor/native.py: compiled, or source "
+        "and why (not compiled, source changed since, PROCESSOR_PURE_PYTHON set).",
+    )
+    native_parser.add_argument(
+        "--require-compiled",
+        action="store_true",
+        help="exit 1 unless every module runs compiled (the image's build checks this)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "native":  # about this install, not a deployment: no configuration
+        return _native(args.require_compiled)
     try:
         settings = config.load()
     except config.ConfigError as exc:
@@ -112,6 +125,16 @@ async def _migrate(settings: config.Settings, log: FilteringBoundLogger) -> int:
             log.error("migration failed", error=str(exc), exit_code=exit_codes.FAILED)
             return exit_codes.FAILED
     log.info("migrations applied", applied=list(report.applied), storage=report.storage_mode)
+    return exit_codes.OK
+
+
+def _native(require_compiled: bool) -> int:
+    states = native.status()
+    for module, state in states.items():
+        print(f"{module}: {state}")
+    if require_compiled and any(state != "compiled" for state in states.values()):
+        print("processor: the hot path does not run compiled", file=sys.stderr)
+        return exit_codes.FAILED
     return exit_codes.OK
 
 

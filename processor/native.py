@@ -62,6 +62,20 @@ def compiled_path(module: str) -> Path | None:
     return None
 
 
+def build_files() -> list[Path]:
+    """What a compile leaves in the package: each extension module, mypyc's companion
+    extension beside it (its runtime, one per module with separate compilation), and
+    the manifest. For ``ops/compile_native.py --clean`` and the image's wheel."""
+    found = [MANIFEST] if MANIFEST.exists() else []
+    for module in COMPILED:
+        extension = compiled_path(module)
+        if extension is not None:
+            found.append(extension)
+            companion = extension.with_name(extension.name.replace(".", "__mypyc.", 1))
+            found += [companion] if companion.exists() else []
+    return found
+
+
 def read_manifest(path: Path = MANIFEST) -> dict[str, str]:
     """Source hash per module at compile time ({} without a readable manifest)."""
     try:

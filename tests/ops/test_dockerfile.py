@@ -27,6 +27,7 @@ from tests.ops.tools import REPO, output, require_tool, run
 DOCKERFILE = REPO / "Dockerfile"
 RUNTIME_LOCK = REPO / "requirements.lock"
 BUILD_LOCK = REPO / "ops" / "build.lock"
+NATIVE_LOCK = REPO / "ops" / "native.lock"
 
 
 @attrs.frozen
@@ -71,11 +72,23 @@ def env_of(stage: Stage) -> dict[str, str]:
     return {v[i]: v[i + 1] for v in values for i in range(0, len(v), 2)}
 
 
-def shell_words(stage: Stage) -> Iterator[list[str]]:
-    """Each RUN, split into its ``&&``-joined commands, as argument lists."""
+def shell_commands(stage: Stage) -> Iterator[tuple[dict[str, str], list[str]]]:
+    """Each RUN, split into its ``&&``-joined commands: the ``NAME=value`` words that
+    lead a command (its environment), and its argument list."""
     for command in stage.all("RUN"):
         for part in " ".join(command.value).split("&&"):
-            yield shlex.split(part)
+            words = shlex.split(part)
+            env: dict[str, str] = {}
+            while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+                name, value = words.pop(0).split("=", 1)
+                env[name] = value
+            yield env, words
+
+
+def shell_words(stage: Stage) -> Iterator[list[str]]:
+    """Each RUN's ``&&``-joined commands as argument lists, without their environment."""
+    for _, words in shell_commands(stage):
+        yield words
 
 
 def test_builds_in_two_stages_on_the_same_python_311_slim_base() -> None:
@@ -113,8 +126,34 @@ def test_dependencies_come_only_from_the_hash_checked_lock() -> None:
     assert build_pip != lock_install[0], "the build backend stays out of the shipped venv"
     backend = [w for w in installs if w[0] == build_pip]
     assert backend, f"{build_pip} never installs the build backend"
-    assert backend[0][-2:] == ["-r", BUILD_LOCK.name]
-    assert (BUILD_LOCK.relative_to(REPO).as_posix(), "./") in [c.value for c in builder.all("COPY")]
+    requirement_files = [w for i, w in enumerate(backend[0]) if backend[0][i - 1] == "-r"]
+    assert requirement_files == [BUILD_LOCK.name, NATIVE_LOCK.name]
+    copied = [c.value for c in builder.all("COPY")]
+    locks = (BUILD_LOCK, NATIVE_LOCK)
+    assert (*(lock.relative_to(REPO).as_posix() for lock in locks), "./") in copied
+
+
+def test_the_image_runs_the_hot_path_compiled() -> None:
+    """The builder compiles with mypyc before building the wheel, asks for the
+    extensions in it, and fails unless the installed processor runs them; the runtime
+    stage has no compiler (test_runtime_stage_is_unprivileged_and_has_no_build_tools)."""
+    builder = stages()[0]
+    words = list(shell_words(builder))
+    apt = next(w for w in words if w[:2] == ["apt-get", "install"])
+    assert "gcc" in apt
+    assert "--no-install-recommends" in apt
+    compile_at = next(i for i, w in enumerate(words) if "ops/compile_native.py" in w)
+    assert words[compile_at][0] == "/opt/build/bin/python", "mypy comes from ops/native.lock"
+    assert words[compile_at][-2:] == ["--python-executable", "/opt/venv/bin/python"]
+    wheel_at = next(i for i, w in enumerate(words) if w[1:2] == ["wheel"])
+    assert compile_at < wheel_at
+    wheel_env = next(env for env, w in shell_commands(builder) if w[1:2] == ["wheel"])
+    assert wheel_env == {"PROCESSOR_NATIVE_WHEEL": "1"}, "the wheel must carry the extensions"
+    check = words.index(["/opt/venv/bin/processor", "native", "--require-compiled"])
+    assert check > wheel_at
+    sources = copy_sources()
+    assert "ops/compile_native.py" in sources
+    assert "ops/hatch_native.py" in sources
 
 
 def test_runtime_stage_is_unprivileged_and_has_no_build_tools() -> None:
@@ -270,7 +309,7 @@ def test_hadolint_finds_nothing() -> None:
     assert result.returncode == 0, output(result)
 
 
-@pytest.mark.parametrize("lock", [RUNTIME_LOCK, BUILD_LOCK], ids=lambda p: p.name)
+@pytest.mark.parametrize("lock", [RUNTIME_LOCK, BUILD_LOCK, NATIVE_LOCK], ids=lambda p: p.name)
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
 def test_locks_resolve_to_wheels_only_for_the_image(arch: str, lock: Path, tmp_path: Path) -> None:
     """``--only-binary=:all:`` in the builder: every locked package has a wheel for

@@ -4,6 +4,7 @@ the locked dependencies, and run the installed ``processor`` from outside the ch
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -73,17 +74,40 @@ def native_build(path: Path) -> bool:
     return path.suffix == ".so" or path.name == native.MANIFEST.name
 
 
-def test_wheel_installs_with_the_locked_dependencies_and_runs(wheel: Path, tmp_path: Path) -> None:
-    """A fresh venv, the runtime lock (hash-checked), the wheel without dependencies:
-    exactly the Dockerfile's builder stage, minus Docker. About 20 s (pip, from cache)."""
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = env_dir / "bin" / "python"
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    locked = run([*pip, "--require-hashes", "-r", str(REPO / "requirements.lock")], timeout=600)
-    assert locked.returncode == 0, output(locked)
-    installed = run([*pip, "--no-deps", str(wheel)], timeout=300)
+def locked_venv(where: Path, *locks: Path) -> Path:
+    """A fresh venv with ``locks`` installed as the Dockerfile does (hash-checked, wheels
+    only); its python."""
+    venv.create(where, with_pip=True)
+    python = where / "bin" / "python"
+    files = [arg for lock in locks for arg in ("-r", str(lock))]
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+    flags = ["install", "--quiet", "--require-hashes", "--only-binary=:all:"]
+    installed = run([*pip, *flags, *files], timeout=600)
     assert installed.returncode == 0, output(installed)
+    return python
+
+
+@pytest.fixture(scope="module")
+def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image's /opt/venv: requirements.lock only. Each test installs its own wheel
+    into it (``--force-reinstall``), so they share the ~20 s install, not their state."""
+    return locked_venv(tmp_path_factory.mktemp("runtime") / "venv", REPO / "requirements.lock")
+
+
+def install_wheel(python: Path, wheel: Path) -> None:
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    installed = run([*pip, "--no-deps", "--force-reinstall", str(wheel)], timeout=300)
+    assert installed.returncode == 0, output(installed)
+
+
+def test_wheel_installs_with_the_locked_dependencies_and_runs(
+    wheel: Path, runtime_venv: Path, tmp_path: Path
+) -> None:
+    """The runtime lock (hash-checked), the wheel without dependencies: the Dockerfile's
+    builder stage, minus Docker and the compiler."""
+    python = runtime_venv
+    env_dir = python.parent.parent
+    install_wheel(python, wheel)
     broken = run([str(python), "-m", "pip", "check"])
     assert broken.returncode == 0, f"the runtime lock misses a dependency:\n{output(broken)}"
 
@@ -92,6 +116,11 @@ def test_wheel_installs_with_the_locked_dependencies_and_runs(wheel: Path, tmp_p
     version = run([processor, "--version"], cwd=tmp_path)
     assert version.returncode == 0, output(version)
     assert version.stdout.strip() == f"processor {project_version()}"
+    # A wheel built anywhere but the image's builder is pure Python, whatever the
+    # checkout has compiled (ops/hatch_native.py).
+    pure = run([processor, "native"], cwd=tmp_path)
+    assert pure.returncode == 0, output(pure)
+    assert pure.stdout.count(": source: not compiled") == len(native.COMPILED), pure.stdout
     migrate_help = run([processor, "migrate", "--help"], cwd=tmp_path)
     assert migrate_help.returncode == 0, output(migrate_help)
     assert "migrations" in migrate_help.stdout
@@ -109,13 +138,17 @@ def test_wheel_installs_with_the_locked_dependencies_and_runs(wheel: Path, tmp_p
     assert (migrations / "0001_positions.sql").is_file()
 
 
-def test_the_image_builds_the_same_wheel_from_its_context_and_locked_backend(
-    wheel: Path, tmp_path: Path
+def test_the_image_builder_compiles_the_hot_path_into_the_same_wheel(
+    wheel: Path, runtime_venv: Path, tmp_path: Path
 ) -> None:
     """The Dockerfile's builder, minus Docker: only the files .dockerignore lets into the
-    build context, the backend from ops/build.lock (hash-checked), no build isolation.
-    A file the context misses (the force-included schema/, say) or a locked backend that
-    cannot build the wheel fails here, not in the first real image build."""
+    build context; the runtime venv from requirements.lock, the backend and the compiler
+    from ops/build.lock and ops/native.lock (hash-checked, wheels only, no build
+    isolation); mypyc over the context's sources, then the wheel asked to carry them. A
+    file the context misses, a lock that cannot build, or a wheel that would run from
+    source fails here, not in the first real image build. About a minute."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here (the image's builder installs gcc)")
     context = tmp_path / "context"
     tops = [p for p in REPO.iterdir() if p.name not in {".venv", ".git"}]
     for path in [f for top in tops for f in (top.rglob("*") if top.is_dir() else [top])]:
@@ -125,38 +158,55 @@ def test_the_image_builds_the_same_wheel_from_its_context_and_locked_backend(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
     assert (context / BUILD_LOCK.relative_to(REPO)).is_file()
-    build_env = tmp_path / "build-venv"
-    venv.create(build_env, with_pip=True)
-    pip = [str(build_env / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-    backend = run(
-        [
-            *pip,
-            "install",
-            "--quiet",
-            "--require-hashes",
-            "--only-binary=:all:",
-            "-r",
-            str(context / "ops" / "build.lock"),
-        ],
-        timeout=300,
+    assert not list(context.rglob("*.so")), "a host build got into the build context"
+
+    runtime = runtime_venv
+    build = locked_venv(
+        tmp_path / "build", context / "ops" / "build.lock", context / "ops" / "native.lock"
     )
-    assert backend.returncode == 0, output(backend)
+    compiled = run(
+        [str(build), "ops/compile_native.py", "--python-executable", str(runtime)],
+        cwd=context,
+        timeout=600,
+    )
+    assert compiled.returncode == 0, output(compiled)
     out = tmp_path / "wheels"
-    built = run(
-        [
-            *pip,
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(out),
-            str(context),
-        ],
-        timeout=300,
-    )
+    pip_wheel = [str(build), "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+    native_env = {**os.environ, "PROCESSOR_NATIVE_WHEEL": "1"}
+    built = run([*pip_wheel, "--wheel-dir", str(out), str(context)], env=native_env, timeout=300)
     assert built.returncode == 0, output(built)
     (image_wheel,) = out.glob("processor-*.whl")
+    assert "-py3-none-any" not in image_wheel.name, "a wheel with extensions is platform-tagged"
     with zipfile.ZipFile(image_wheel) as a, zipfile.ZipFile(wheel) as b:
-        assert "processor/_schema/directus/race_tables.sql" in a.namelist()
-        assert sorted(a.namelist()) == sorted(b.namelist())
+        names = a.namelist()
+        assert "processor/_schema/directus/race_tables.sql" in names
+        # the same wheel as the checkout's, plus the build: each module, its mypyc
+        # runtime and the manifest
+        extra = sorted(set(names) - set(b.namelist()))
+        assert sorted(set(b.namelist()) - set(names)) == [], "the image wheel lacks files"
+        assert all(native_build(Path(n)) for n in extra), extra
+        for module in native.COMPILED:
+            stem = module.replace(".", "/")
+            assert [n for n in extra if n.startswith(stem + ".")], f"{module} is not compiled"
+            assert [n for n in extra if n.startswith(stem + "__mypyc.")], module
+        assert native.MANIFEST.name in {Path(n).name for n in extra}
+
+    install_wheel(runtime, image_wheel)
+    # From an empty directory: the installed package, not the context's.
+    plain_env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    status = run(
+        [str(runtime.parent / "processor"), "native", "--require-compiled"],
+        cwd=tmp_path,
+        env=plain_env,
+    )
+    assert status.returncode == 0, output(status)
+    assert status.stdout.count(": compiled") == len(native.COMPILED), status.stdout
+
+    # A source changed after the compile: the image build fails instead of shipping
+    # extensions that would run from source.
+    codec = context / "processor" / "core" / "codec.py"
+    codec.write_text(codec.read_text() + "\n# edited after the compile\n")
+    refused = run([*pip_wheel, "--wheel-dir", str(tmp_path / "stale"), str(context)],
+                  env=native_env, timeout=300)  # fmt: skip
+    assert refused.returncode != 0
+    assert "processor.core.codec" in output(refused), output(refused)
