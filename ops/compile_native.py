@@ -51,7 +51,9 @@ native = SimpleNamespace(**runpy.run_path(str(ROOT / "processor" / "native.py"))
 
 
 def clean() -> None:
-    for path in native.build_files():
+    """Remove the build, and any extension module left in the package by a module since
+    dropped from ``COMPILED`` (the guard only watches those: CPython would import it)."""
+    for path in {*native.build_files(), *native.extension_files()}:
         path.unlink()
 
 

@@ -98,6 +98,26 @@ def from_source(modules: Sequence[str], manifest: dict[str, str], *, pure: bool)
     return reasons
 
 
+def extension_files() -> list[Path]:
+    """Every extension module file in the package (mypyc's, since the package has no
+    others), whether ``COMPILED`` lists its module or not."""
+    return [p for p in _PACKAGE.rglob("*") if p.name.endswith(_EXTENSIONS) and p.is_file()]
+
+
+def strays() -> dict[str, str]:
+    """Modules with an extension beside their source that ``COMPILED`` does not list: a
+    build left from before the module left the list. CPython would import it, and no
+    manifest entry says whether it matches its source, so the source runs."""
+    reasons = {}
+    for path in extension_files():
+        suffix = next(s for s in _EXTENSIONS if path.name.endswith(s))
+        stem = path.name.removesuffix(suffix)
+        module = ".".join(("processor", *path.relative_to(_PACKAGE).parent.parts, stem))
+        if module not in COMPILED and path.with_name(stem + ".py").exists():
+            reasons[module] = "not in native.COMPILED: a stray build (run ops/compile_native.py)"
+    return reasons
+
+
 class _SourceFirst(importlib.abc.MetaPathFinder):
     """Finds the named modules' ``.py`` files, ahead of the extension modules beside them."""
 
@@ -127,7 +147,7 @@ def guard() -> None:
     if any(isinstance(f, _SourceFirst) for f in sys.meta_path):
         return
     pure = os.environ.get(PURE_ENV, "") not in ("", "0")
-    stale = from_source(COMPILED, read_manifest(), pure=pure)
+    stale = {**from_source(COMPILED, read_manifest(), pure=pure), **strays()}
     if stale:
         sys.meta_path.insert(0, _SourceFirst(stale))
 

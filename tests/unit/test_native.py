@@ -161,3 +161,22 @@ def test_a_hash_that_differs_sends_the_module_to_its_source() -> None:
     assert list(native.from_source(native.COMPILED, changed, pure=False)) == [
         "processor.core.codec"
     ]
+
+
+@needs_build
+def test_an_extension_the_list_does_not_name_never_runs(tmp_path: Path) -> None:
+    """A build left beside a module that ``COMPILED`` no longer lists (here: the codec's
+    extension under the name of ``core/model``, which CPython would fail to import) is
+    passed over for the module's source."""
+    shutil.copytree(
+        Path(native.__file__).parent,
+        tmp_path / "processor",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    extension = native.compiled_path("processor.core.codec")
+    assert extension is not None
+    suffix = extension.name.removeprefix("codec")
+    shutil.copy(extension, tmp_path / "processor" / "core" / f"model{suffix}")
+    origin = run_in(tmp_path, "import processor.core.model as m; print(m.__file__)")
+    assert origin == str(tmp_path / "processor" / "core" / "model.py")
+    assert native.strays() == {}, "this checkout has a stray build"
