@@ -52,7 +52,8 @@ native = SimpleNamespace(**runpy.run_path(str(ROOT / "processor" / "native.py"))
 
 def clean() -> None:
     """Remove the build, and any extension module left in the package by a module since
-    dropped from ``COMPILED`` (the guard only watches those: CPython would import it)."""
+    dropped from ``COMPILED`` (``native.strays``: the guard runs its source instead, but
+    the file should not linger)."""
     for path in {*native.build_files(), *native.extension_files()}:
         path.unlink()
 

@@ -831,6 +831,30 @@ def test_timestamp_shortcut_refuses_what_iso_allows_and_the_contract_does_not(
     assert codec._shaped_instant(text) is None
 
 
+@pytest.mark.parametrize("escaped", [True, False], ids=["escaped", "utf-8"])
+@pytest.mark.parametrize(
+    "field", ["device_id", "timestamp", "received_at", "key", "bigint"]
+)  # fmt: skip
+def test_a_non_ascii_digit_is_never_taken_for_an_ascii_one(field: str, escaped: bool) -> None:
+    """A digit such as U+0661 (isdigit, isalnum) in any field the fast path reads as
+    digits, written as an escape or as UTF-8, goes to the reference, which rejects it."""
+    digit = "\u0661"
+    payload = example()
+    if field in ("timestamp", "received_at"):
+        payload[field] = "2026-05-12T09:31:0" + digit + ".000Z"
+    elif field == "device_id":
+        payload[field] = "35630704244101" + digit
+    elif field == "key":
+        payload["attributes"]["1" + digit] = 1
+    else:
+        payload["attributes"]["78"] = {"__bigint": "9" * 20 + digit}
+    raw = json.dumps(payload, ensure_ascii=escaped).encode()
+    assert (b"\\u0661" in raw) == escaped
+    assert codec._fast(raw, NOW, TOLERANCE_S) is None
+    with pytest.raises(PoisonRecord):
+        codec._reference(raw, NOW, TOLERANCE_S)
+
+
 @settings(max_examples=1000, deadline=None)
 @given(st.text(max_size=24) | st.text(alphabet="0123456789AZaz_-", min_size=0, max_size=22))
 def test_device_id_shortcut_agrees_with_the_regex(device_id: str) -> None:
