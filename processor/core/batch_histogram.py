@@ -18,6 +18,8 @@ from typing import cast
 from prometheus_client import CollectorRegistry, utils
 from prometheus_client.core import HistogramMetricFamily, Metric
 
+from processor.core.model import Entry
+
 # How prometheus-client writes an ``le`` label (its own function; untyped upstream).
 _le = cast(Callable[[float], str], utils.floatToGoString)
 
@@ -38,6 +40,22 @@ class BatchHistogram:
         for value in values:
             counts[bisect.bisect_left(bounds, value)] += 1
             total += value
+        self._sum += total
+
+    def observe_since_xadd(self, entries: Iterable[Entry], now_s: float) -> None:
+        """Each entry's age at ``now_s``: its stream id starts with the Redis server's ms
+        clock at XADD (``model.entry_id_millis``); never below 0 (clocks differ). One
+        compiled loop for the whole batch: the writer's generator over it was ~4 % of the
+        processor's samples (``bench.profile``)."""
+        counts, bounds, total = self._counts, self._bounds, 0.0
+        for entry in entries:
+            entry_id: str = entry.entry_id
+            dash = entry_id.find("-")
+            age = now_s - int(entry_id[:dash] if dash >= 0 else entry_id) / 1000
+            if age < 0.0:
+                age = 0.0
+            counts[bisect.bisect_left(bounds, age)] += 1
+            total += age
         self._sum += total
 
     def observe(self, value: float) -> None:

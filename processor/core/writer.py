@@ -28,7 +28,7 @@ from processor.core.health import Readiness
 from processor.core.hot_state import DeviceStates
 from processor.core.messages import DeadLetter
 from processor.core.metrics import Metrics
-from processor.core.model import Entry, Outcome, entry_id_millis
+from processor.core.model import Entry, Outcome
 from processor.core.observer import CommitObserver, Enricher
 from processor.core.pg_io import Contended, PositionStore, PostgresUnavailable, RowsRejected
 
@@ -123,9 +123,7 @@ class Writer:
                 [e.position for e, _ in kept], now, [o is Outcome.INSERTED for _, o in kept]
             )
         now_s = now.timestamp()
-        self.metrics.e2e_latency.observe_many(
-            max(0.0, now_s - entry_id_millis(e.entry_id) / 1000) for e in committed
-        )
+        self.metrics.e2e_latency.observe_since_xadd(committed, now_s)
         self.metrics.device_states.set(len(self.states))
         for observer in self.observers:
             await observer.committed(batch, outcomes)
