@@ -163,8 +163,10 @@ def test_duration_bounds_the_run(
     argv = ("--duration", "0.5", "--rate", "200", "--devices", "700", "--seed", "5", "--json")
     assert run(redis_url, stream_key, *argv) == exit_codes.OK
     summary = json.loads(capsys.readouterr().out)
-    # 0.5 s at 200/s: about 100 records (batches of 10), then it stops by itself.
-    assert 80 <= summary["published"] <= 120
+    # 0.5 s at 200/s: about 100 records (batches of 10), then it stops by itself. Never
+    # more than the rate allows (+2 batches); fewer is only a loaded machine falling
+    # behind the pacing (CI once saw 70), so the floor just says that it ran.
+    assert 10 <= summary["published"] <= 120
     assert sync_redis.xlen(stream_key) == summary["published"]
     assert 0.4 <= summary["elapsed_s"] <= 2.0
 
