@@ -83,18 +83,14 @@ class Client:
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.outbox = Outbox(self.outbox_capacity)
+        self.outbox = Outbox(self.outbox_capacity, on_coalesced=self.metrics.frames_coalesced.inc)
 
     def push(self, frame: Frame, key: Hashable | None = None) -> None:
         """Queue a frame; a text (a reply, a snapshot: one recipient) is encoded here."""
         if isinstance(frame, str):
             frame = TextFrame.of(frame)
-        before = self.outbox.coalesced
         if not self.outbox.push(frame, key):
             self.too_slow("outbox overflowed after coalescing")
-            return
-        if self.outbox.coalesced != before:
-            self.metrics.frames_coalesced.inc(self.outbox.coalesced - before)
 
     def too_slow(self, why: str) -> None:
         """Count the client as too slow once; its writer closes it with 1013."""

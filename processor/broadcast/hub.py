@@ -83,8 +83,9 @@ class Hub:
             if body is None:
                 body = frames.position_body(position, entry_id, self.attributes(position))
             frame = TextFrame.of(frames.position_frame(event_id, {**body, "entry_id": entry_id}))
+            key = (event_id, device_id)
             for sub in list(subs):
-                sub.offer(device_id, position.ts, frame)
+                sub.offer(device_id, position.ts, frame, key)
             handed = True
         if handed and stream_id is not None:
             delay = time.time() - entry_id_millis(stream_id) / 1000

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Hashable, Sized
+from collections.abc import Callable, Hashable, Sized
 from typing import Generic, TypeVar
 
 import attrs
@@ -33,15 +33,20 @@ class ClientTooSlow(Exception):
 @attrs.define
 class Outbox(Generic[T]):
     capacity: int
+    # Told how many frames each coalescing replaced or dropped (a metric).
+    on_coalesced: Callable[[int], None] | None = attrs.field(default=None, kw_only=True)
     # seq -> (coalescing key or None for frames that are never replaced, frame)
     _items: OrderedDict[int, tuple[Hashable | None, T]] = attrs.field(
         factory=OrderedDict, init=False
     )
-    _latest: dict[Hashable, int] = attrs.field(factory=dict, init=False)  # key -> its seq
+    # key -> the seq of its newest queued frame. Only coalescing needs it, and only a
+    # full outbox coalesces: so it is built when the outbox first fills and kept until
+    # it empties, and a client that keeps up never pays for it (``_latest_seqs``).
+    _latest: dict[Hashable, int] | None = attrs.field(default=None, init=False)
     _seq: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _wakeup: trio.Event = attrs.field(factory=trio.Event, init=False)
     overflowed: bool = attrs.field(default=False, init=False)
-    coalesced: int = attrs.field(default=0, init=False)  # frames replaced, for metrics
+    coalesced: int = attrs.field(default=0, init=False)  # frames replaced or dropped
 
     def __len__(self) -> int:
         return len(self._items)
@@ -55,33 +60,48 @@ class Outbox(Generic[T]):
         if self.overflowed:
             return False
         if len(self._items) >= self.capacity:
-            old = self._latest.get(key) if key is not None else None
-            if old is not None:
-                self._items[old] = (key, frame)  # in place: the device keeps its turn
-                self.coalesced += 1
-                return True
-            self._compact()
-            if len(self._items) >= self.capacity:
-                self.overflowed = True
-                self._wakeup.set()
-                return False
+            return self._push_full(frame, key)
         seq = next(self._seq)
         self._items[seq] = (key, frame)
-        if key is not None:
+        if key is not None and self._latest is not None:
             self._latest[key] = seq
         self._wakeup.set()
         return True
 
-    def _compact(self) -> None:
+    def _push_full(self, frame: T, key: Hashable | None) -> bool:
+        latest = self._latest_seqs()
+        old = latest.get(key) if key is not None else None
+        if old is not None:
+            self._items[old] = (key, frame)  # in place: the device keeps its turn
+            self._count_coalesced(1)
+            return True
+        self._compact(latest)
+        if len(self._items) >= self.capacity:
+            self.overflowed = True
+            self._wakeup.set()
+            return False
+        return self.push(frame, key)
+
+    def _latest_seqs(self) -> dict[Hashable, int]:
+        if self._latest is None:
+            # In seq order, so each key ends at its newest frame.
+            self._latest = {key: seq for seq, (key, _) in self._items.items() if key is not None}
+        return self._latest
+
+    def _compact(self, latest: dict[Hashable, int]) -> None:
         """Drop every keyed frame that a newer frame of the same key supersedes."""
         stale = [
-            seq
-            for seq, (key, _) in self._items.items()
-            if key is not None and self._latest[key] != seq
+            seq for seq, (key, _) in self._items.items() if key is not None and latest[key] != seq
         ]
         for seq in stale:
             del self._items[seq]
-        self.coalesced += len(stale)
+        self._count_coalesced(len(stale))
+
+    def _count_coalesced(self, n: int) -> None:
+        if n:
+            self.coalesced += n
+            if self.on_coalesced is not None:
+                self.on_coalesced(n)
 
     def fail(self) -> None:
         """Mark the client as unable to keep up (decided elsewhere, e.g. a held backlog)."""
@@ -106,17 +126,22 @@ class Outbox(Generic[T]):
             await self._wakeup.wait()
 
     def _take(self, max_bytes: int) -> list[T]:
-        items, latest = self._items, self._latest
+        items = self._items
         out: list[T] = []
         size = 0
-        while items:
-            seq = next(iter(items))
-            key, frame = items[seq]
-            if out and size + len(frame) > max_bytes:
+        for _, frame in items.values():
+            n = len(frame)
+            if out and size + n > max_bytes:
                 break
-            del items[seq]
-            if key is not None and latest.get(key) == seq:
-                del latest[key]
             out.append(frame)
-            size += len(frame)
+            size += n
+        if len(out) == len(items):  # the usual case: everything pending fits one write
+            items.clear()
+            self._latest = None
+            return out
+        latest = self._latest
+        for _ in out:
+            seq, (key, _) = items.popitem(last=False)
+            if latest is not None and key is not None and latest.get(key) == seq:
+                del latest[key]
         return out

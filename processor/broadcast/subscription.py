@@ -47,10 +47,14 @@ class Subscription:
     def live(self) -> bool:
         return self._held is None
 
-    def offer(self, device_id: str, ts: datetime, text: Frame) -> None:
-        """A live position frame for this event (called by the hub, never blocks)."""
+    def offer(self, device_id: str, ts: datetime, text: Frame, key: Hashable | None = None) -> None:
+        """A live position frame for this event (called by the hub, never blocks).
+        ``key``: its coalescing key, ``(event_id, device_id)``, which the hub makes once
+        for all of an event's subscriptions (None: made here)."""
         if self._held is None:
-            self._deliver(device_id, ts, text)
+            if self._floor and not self._above_floor(device_id, ts):
+                return
+            self.client.push(text, (self.event_id, device_id) if key is None else key)
             return
         self._hold(self._held, (device_id, ts, text))
 
@@ -80,12 +84,18 @@ class Subscription:
                 self.client.push(item)
 
     def _deliver(self, device_id: str, ts: datetime, text: Frame) -> None:
+        if self._above_floor(device_id, ts):
+            self.client.push(text, (self.event_id, device_id))
+
+    def _above_floor(self, device_id: str, ts: datetime) -> bool:
+        """Newer than the device's fix in the snapshot (then the floor is done with)."""
         floor = self._floor.get(device_id)
-        if floor is not None:
-            if ts <= floor:
-                return
-            del self._floor[device_id]
-        self.client.push(text, (self.event_id, device_id))
+        if floor is None:
+            return True
+        if ts <= floor:
+            return False
+        del self._floor[device_id]
+        return True
 
 
 def _coalesced(held: list[Held]) -> list[Held]:
