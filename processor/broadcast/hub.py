@@ -19,7 +19,7 @@ import attrs
 
 from processor.broadcast import frames
 from processor.broadcast.metrics import BroadcastMetrics
-from processor.broadcast.roster import RosterKeeper
+from processor.broadcast.roster import Roster, RosterKeeper
 from processor.broadcast.subscription import Subscription
 from processor.broadcast.wire import TextFrame
 from processor.core.model import Position, entry_id_millis
@@ -40,7 +40,10 @@ class Hub:
     metrics: BroadcastMetrics
     attributes: AttributeSource = no_attributes
     _subscribers: dict[str, set[Subscription]] = attrs.field(factory=dict, init=False)
+    # The last fix broadcast per device, for the devices of the roster it was pruned to
+    # (``_forget_unentered``): bounded by the roster, not by every device ever entered.
     last: dict[str, Position] = attrs.field(factory=dict, init=False)
+    _last_roster: Roster | None = attrs.field(default=None, init=False)
 
     def add(self, subscription: Subscription) -> None:
         self._subscribers.setdefault(subscription.event_id, set()).add(subscription)
@@ -67,7 +70,10 @@ class Hub:
         if not position.fix_valid:
             return
         device_id = position.device_id
-        entries = self.roster.current.by_device.get(device_id)
+        roster = self.roster.current
+        if roster is not self._last_roster:
+            self._forget_unentered(roster)
+        entries = roster.by_device.get(device_id)
         if not entries:
             return
         last = self.last.get(device_id)
@@ -90,6 +96,13 @@ class Hub:
         if handed and stream_id is not None:
             delay = time.time() - entry_id_millis(stream_id) / 1000
             self.metrics.fanout_latency.observe(max(delay, 0.0))
+
+    def _forget_unentered(self, roster: Roster) -> None:
+        """A new roster: drop the last fixes of devices it no longer enters. A device
+        entered again later starts from its next fix, and its clients from a snapshot."""
+        for device_id in [d for d in self.last if d not in roster.by_device]:
+            del self.last[device_id]
+        self._last_roster = roster
 
     def publish_timing(self, event_id: str, text: str) -> None:
         """Hand a timing frame to every subscription of the event (never coalesced)."""

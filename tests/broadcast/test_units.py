@@ -10,6 +10,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from prometheus_client import CollectorRegistry
 
 from processor import config
 from processor.broadcast.directus import Credential, Directus, DirectusUnavailable
@@ -20,8 +21,11 @@ from processor.broadcast.handshake import (
     request_headers,
     session_cookie,
 )
+from processor.broadcast.hub import Hub
+from processor.broadcast.metrics import BroadcastMetrics
 from processor.broadcast.origin import origin_allowed
 from processor.broadcast.outbox import ClientTooSlow, Outbox
+from processor.broadcast.roster import Roster, RosterKeeper
 from processor.broadcast.server import MAX_FRAME_BYTES
 from processor.broadcast.subscription import Subscription
 from processor.broadcast.ttl_cache import TtlCache
@@ -281,3 +285,25 @@ def test_pre_encoded_frames_are_held_and_coalesced_like_texts() -> None:
     assert [t for t, _ in client.pushed] == ["SNAP", a7, t1, b6]
     assert client.pushed[2][1] is None  # timing: never coalesced later either
     assert client.pushed[1][1] == ("7", "a")
+
+
+async def test_hub_forgets_the_last_fix_of_a_device_no_event_enters_any_more() -> None:
+    """``Hub.last`` is bounded by the roster: a device dropped from every event loses its
+    entry at the first fix after the new roster, and an entered device keeps its own."""
+    keeper = RosterKeeper(store=None, interval_s=30, log=None)  # type: ignore[arg-type]
+    keeper.current = Roster.from_rows([("a", "7", 1), ("b", "7", 2)])
+    hub = Hub(keeper, BroadcastMetrics.create(CollectorRegistry()))
+    client = FakeClient()
+    sub = Subscription(client, "7")
+    sub.release("SNAP", {})
+    hub.add(sub)
+    hub.publish(make_position("a", second=1))
+    hub.publish(make_position("b", second=1))
+    assert set(hub.last) == {"a", "b"}
+
+    keeper.current = Roster.from_rows([("a", "7", 1)])  # b is no longer entered
+    hub.publish(make_position("a", second=2))
+    assert set(hub.last) == {"a"}
+    assert hub.last["a"].ts == make_position("a", second=2).ts
+    hub.publish(make_position("a", second=1))  # late for a: still not broadcast
+    assert [json.loads(t.text)["device_id"] for t, _ in client.pushed[1:]] == ["a", "b", "a"]
