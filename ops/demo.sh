@@ -87,6 +87,13 @@ psql -X "$POSTGRES_URL" -c \
   "SELECT kind, count(*) AS crossings FROM timing_records
      WHERE created_at >= '$since' GROUP BY kind ORDER BY kind"
 $P dlq list --limit 5
+# Group lag and pending are gauges sampled every LAG_SAMPLE_INTERVAL_S (5 s): wait for
+# the sample that follows the settled backlog, so the excerpt shows what status showed.
+metric() { curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | grep -E "^processor_group_$1_entries\{" | awk '{print $2}'; }
+for _ in $(seq 1 60); do
+  [ "$(metric pending)" = "0.0" ] && [ "$(metric lag)" = "0.0" ] && break
+  sleep 0.25
+done
 echo; echo "== /metrics (excerpt)"
 curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | grep -E '^processor_(rows_total|records_consumed_total|dead_lettered_total|group_lag|group_pending|device_states)' || true
 
