@@ -45,6 +45,7 @@ class Outbox(Generic[T]):
     _latest: dict[Hashable, int] | None = attrs.field(default=None, init=False)
     _seq: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _wakeup: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _waiting: bool = attrs.field(default=False, init=False)  # a writer waits on _wakeup
     overflowed: bool = attrs.field(default=False, init=False)
     coalesced: int = attrs.field(default=0, init=False)  # frames replaced or dropped
 
@@ -65,7 +66,8 @@ class Outbox(Generic[T]):
         self._items[seq] = (key, frame)
         if key is not None and self._latest is not None:
             self._latest[key] = seq
-        self._wakeup.set()
+        if self._waiting:  # else the writer finds the frame before it waits
+            self._wakeup.set()
         return True
 
     def _push_full(self, frame: T, key: Hashable | None) -> bool:
@@ -123,7 +125,11 @@ class Outbox(Generic[T]):
             if self._items:
                 return self._take(max_bytes)
             self._wakeup = trio.Event()
-            await self._wakeup.wait()
+            self._waiting = True
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._waiting = False
 
     def _take(self, max_bytes: int) -> list[T]:
         items = self._items
