@@ -604,22 +604,24 @@ class Round:
         xadd = RawXadd(sb.redis_url, self.stream)
         started = time.perf_counter()
         give_up = started + 3 * args.seconds + 30
-        while sent < total:
-            due = min(total, int((time.perf_counter() - started) * args.rate) + 1)
-            if due > sent:
-                now_ms = int(time.time() * 1000)
-                fields, devices = self.feed.make(due - sent, now_ms)
-                ids = xadd.xadd(fields)
-                bias.extend(int(i.split("-", 1)[0]) - now_ms for i in ids)
-                per_event.update(self.event_of[d] for d in devices)
-                sent = due
-            if time.perf_counter() > give_up:
-                raise BenchError(f"paced: published only {sent} of {total} in time")
-            next_at = started + sent / args.rate
-            time.sleep(max(0.0, min(0.005, next_at - time.perf_counter())))
+        try:
+            while sent < total:
+                due = min(total, int((time.perf_counter() - started) * args.rate) + 1)
+                if due > sent:
+                    now_ms = int(time.time() * 1000)
+                    fields, devices = self.feed.make(due - sent, now_ms)
+                    ids = xadd.xadd(fields)
+                    bias.extend(int(i.split("-", 1)[0]) - now_ms for i in ids)
+                    per_event.update(self.event_of[d] for d in devices)
+                    sent = due
+                if time.perf_counter() > give_up:
+                    raise BenchError(f"paced: published only {sent} of {total} in time")
+                next_at = started + sent / args.rate
+                time.sleep(max(0.0, min(0.005, next_at - time.perf_counter())))
+        finally:
+            xadd.close()
         publish_s = time.perf_counter() - started
         cpu = Meter.percent(cpu0, meter.sample())
-        xadd.close()
         rss = {"processor_mb": (rss_kb((self.caster or self.proc).pid) or 0) / 1024}
         bias.sort()
         out: dict[str, Any] = {

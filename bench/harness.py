@@ -205,7 +205,8 @@ class RawXadd:
     1-2 XADDs every ~0.5-1 ms. Through a redis-py pipeline that costs ~160 µs of this
     process's CPU per call (measured: 2 XADDs per call), ~25-35 % of a core at 2,000
     fixes/s, taken from the same two cores the processor is measured on, where the real
-    ingestion runs on a host of its own. Packed by hand it is a fraction of that.
+    ingestion runs on a host of its own. Packed and parsed by hiredis it is ~110 µs,
+    most of which is the loopback TCP stack that the sender's syscalls run.
     """
 
     def __init__(self, url: str, stream: str) -> None:
