@@ -32,26 +32,7 @@ from processor.broadcast.metrics import BroadcastMetrics
 from processor.broadcast.roster import Roster, RosterKeeper
 from processor.broadcast.subscription import Subscription
 from processor.cli import _tune_gc as tune_gc
-from processor.core.model import Position
-
-T0 = datetime(2026, 5, 12, 9, 0, tzinfo=UTC)
-
-
-def fix(device_id: str, second: int) -> Position:
-    return Position(
-        device_id=device_id,
-        ts=datetime.fromtimestamp(T0.timestamp() + second, UTC),
-        latitude=41.75 + second * 1e-5,
-        longitude=20.53,
-        altitude=1312.0,
-        heading=110.0,
-        speed=120.0,
-        satellites=9,
-        priority=0,
-        event_io_id=0,
-        fix_valid=True,
-        attributes={"239": 1, "240": 1, "66": 12698},
-    )
+from tests.helpers import make_position  # the tests' fix, as bench.fanout uses their Directus stub
 
 
 def run(
@@ -76,7 +57,7 @@ def run(
         sub.release("{}", {})
         hub.add(sub)
         recipients.append(client)
-    fixes = [fix(f"dev{d}", s) for s in range(1, seconds + 1) for d in range(devices)]
+    fixes = [make_position(f"dev{d}", s) for s in range(1, seconds + 1) for d in range(devices)]
     ns_per_frame: list[float] = []
     frames = 0
 
