@@ -6,13 +6,16 @@ test its own stream keys, so runs never see each other's data, even side by side
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 import redis
+import trio
 
 from processor import config
 from processor.core.bridge import open_bridge
@@ -21,6 +24,54 @@ ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+# A trio test still running after this many seconds is cancelled and fails, so a test
+# that never wakes (an outbox no one fills, a lost event) costs minutes, not CI's whole
+# budget. The slowest test takes about a minute on CI; raise this on a slower machine.
+HANG_LIMIT_S = float(os.environ.get("TEST_HANG_LIMIT_S", "180"))
+
+
+class TestHung(AssertionError):
+    """A trio test outlived HANG_LIMIT_S and was cancelled."""
+
+
+def _run_with_hang_limit(async_fn: Callable[[], Awaitable[Any]], **run_kwargs: Any) -> Any:
+    """``trio.run`` for pytest-trio, with the test cancelled at HANG_LIMIT_S.
+
+    A test on a mock clock keeps plain ``trio.run``: its deadlines are virtual time.
+    """
+    if run_kwargs.get("clock") is not None:
+        return trio.run(async_fn, **run_kwargs)
+
+    hung = TestHung(
+        f"still running after {HANG_LIMIT_S:g} s, so it was cancelled"
+        " (TEST_HANG_LIMIT_S raises the limit on a slow machine)"
+    )
+
+    async def guarded() -> Any:
+        with trio.move_on_after(HANG_LIMIT_S) as limit:
+            try:
+                return await async_fn()
+            except BaseException as exc:
+                # What the cancel made of the test (pytest-trio reports a cancelled
+                # fixture as its own error) is the consequence; the hang is the news.
+                if limit.cancel_called:
+                    raise hung from exc
+                raise
+        raise hung
+
+    return trio.run(guarded, **run_kwargs)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run every async test under the hang limit (before pytest-trio marks it)."""
+    for item in items:
+        test = getattr(item, "obj", None)
+        inner = getattr(getattr(test, "hypothesis", None), "inner_test", test)
+        if inspect.iscoroutinefunction(inner) and item.get_closest_marker("trio") is None:
+            item.add_marker(pytest.mark.trio(run=_run_with_hang_limit))
 
 
 def _db_url(name: str) -> str:
