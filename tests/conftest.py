@@ -10,6 +10,7 @@ import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -92,9 +93,8 @@ def database_url() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def fresh_database_url() -> Iterator[str]:
-    """A database of the test's own, for tests that need an empty schema."""
+@contextmanager
+def _fresh_database() -> Iterator[str]:
     name = f"processor_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -103,6 +103,20 @@ def fresh_database_url() -> Iterator[str]:
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_database_url() -> Iterator[str]:
+    """A database of the test's own, for tests that need an empty schema."""
+    with _fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def second_fresh_database_url() -> Iterator[str]:
+    """Another one, for tests that compare two ways of reaching the same rows."""
+    with _fresh_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from processor.core.migrate import apply_migrations
-from processor.domain.results import Replace, StageResult, TimingRecord, Update
+from processor.domain.results import Replace, StageResult, TimingRecord, Update, ZoneVisit
 from processor.domain.store import (
     LOCK_EVENT,
     RERANK,
@@ -71,6 +71,64 @@ async def test_writes_rank_and_replace(fresh_database_url: str, bridge: None) ->
         await store.aclose()
 
 
+def visit(entry: int, entered_s: float, exited_s: float | None, speed: float) -> ZoneVisit:
+    return ZoneVisit(
+        event_id=1, entry_id=entry, geofence_id=5, entered_at=at(entered_s),
+        exited_at=None if exited_s is None else at(exited_s), max_speed_kmh=speed,
+    )  # fmt: skip
+
+
+TABLES = {
+    "timing_records": "entry_id, geofence_id, kind, crossed_at, source_ts",
+    "zone_events": "entry_id, geofence_id, entered_at, exited_at, max_speed_kmh",
+    "stage_results": "entry_id, started_at, finished_at, elapsed_ms, status, rank",
+}
+
+
+async def _rows(store: DomainStore) -> dict[str, list[tuple[object, ...]]]:
+    return {
+        table: sorted(await store.fetch(f"SELECT {columns} FROM {table}"), key=repr)
+        for table, columns in TABLES.items()
+    }
+
+
+async def test_one_pass_with_repeated_keys_writes_what_one_write_at_a_time_does(
+    fresh_database_url: str, second_fresh_database_url: str, bridge: None
+) -> None:
+    """A pass's rows of a kind go in as one statement, which may not propose a key twice:
+    the rows kept must be those a statement per row would have left."""
+    writes = [
+        Update(records=(record(1, 1, 10), record(2, 1, 7)), results=(result(1, None),)),
+        Update(records=(record(1, 1, 8), record(1, 1, 9), record(2, 1, 7.5))),
+        Update(records=(record(1, 1, 8),), visits=(visit(1, 3, None, 90),)),
+        Update(visits=(visit(1, 3, 6, 120.5),), results=(result(1, 50), result(2, 40))),
+        # A pass has one Replace per entry (``_merged`` unites them, deletes included).
+        Replace(entry_ids=(3,), records=(record(3, 1, 4), record(3, 1, 2), record(3, 2, 9))),
+        Replace(entry_ids=(4,), records=(record(4, 2, 8),), results=(result(4, 30), result(4, 31))),
+    ]
+    stored = []
+    for url, batches in (
+        (fresh_database_url, [[w] for w in writes]),
+        (second_fresh_database_url, [writes]),
+    ):
+        await apply_migrations(url, log=make_logger("warning"))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(FIXTURE.read_text())
+        store = DomainStore(url)
+        try:
+            for batch in batches:
+                await store.apply(batch)
+            stored.append(await _rows(store))
+        finally:
+            await store.aclose()
+    one_at_a_time, together = stored
+    assert together == one_at_a_time
+    assert [r[3] for r in together["timing_records"]] == [at(8), at(7), at(2), at(9), at(8)]
+    assert together["zone_events"] == [(1, 5, at(3), at(6), 120.5)]
+    elapsed = {r[0]: r[3] for r in together["stage_results"]}
+    assert elapsed == {1: 50_000, 2: 40_000, 4: 31_000}
+
+
 async def test_missing_directus_tables_are_reported(fresh_database_url: str, bridge: None) -> None:
     store = DomainStore(fresh_database_url)
     try:
@@ -93,7 +151,8 @@ async def test_concurrent_writers_of_one_stage_rank_it_right(
     store = DomainStore(url)
     try:
         other.execute(LOCK_EVENT, (RESULTS_LOCK, 1))
-        other.execute(UPSERT_RESULT, (1, 10, 2, at(0), at(40), 40_000, 0, 0, "finished"))
+        row = (1, 10, 2, at(0), at(40), 40_000, 0, 0, "finished")
+        other.execute(UPSERT_RESULT, [[value] for value in row])  # one array per column
         other.execute(RERANK, [[10]])
         done = trio.Event()
 
