@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+import msgspec
 import psycopg
 import psycopg.errors
 from psycopg.rows import dict_row
@@ -67,23 +68,40 @@ class TablesMissing(Exception):
 # Parameters go in binary (``%b``): psycopg formats a text-format array element by element
 # in Python (~6.8 µs per element for text[] + timestamptz[], measured), a binary one in C
 # (~0.9 µs); a pass sends arrays of every device, fix and row it touches.
-_RECORD_COLUMNS = (
-    "event_id, stage_id, entry_id, device_id, geofence_id, kind, crossed_at, source_ts"
-)
-# Rows go in as one array per column, unnested server side: one statement for all of a
-# pass's rows of a kind. ``executemany`` (a statement per row, pipelined) cost ~7 µs of
-# the worker's CPU per row, the arrays ~1.7 (5,000 timing records, measured ad hoc).
-# One statement must not propose a key twice (ON CONFLICT DO UPDATE refuses to touch
-# a row twice), so ``_write`` first keeps the row that a statement per row would have
-# left standing.
-_INSERT_RECORD = f"""
-INSERT INTO timing_records ({_RECORD_COLUMNS})
-SELECT * FROM unnest(%b::int[], %b::int[], %b::int[], %b::text[], %b::int[], %b::text[],
-                     %b::timestamptz[], %b::timestamptz[])
-ON CONFLICT (entry_id, geofence_id) DO UPDATE SET
+_RECORD_COLUMNS = ", ".join(TimingRecord.__struct_fields__)
+
+
+def _insert_rows(table: str, row: type[msgspec.Struct], types: Sequence[str]) -> str:
+    """``INSERT`` of rows given as one array per column (``_columns``), unnested server
+    side: one statement for all of a pass's rows of a kind. ``executemany`` (a statement
+    per row, pipelined) cost ~7 µs of the worker's CPU per row, the arrays ~1.7 (5,000
+    timing records, measured ad hoc). The row type's fields, in order, are the columns.
+
+    One statement must not propose a key twice (ON CONFLICT DO UPDATE refuses to touch a
+    row twice), so ``_write`` first keeps the row a statement per row would have left.
+    """
+    fields = row.__struct_fields__
+    assert len(types) == len(fields), (table, fields, types)
+    arrays = ", ".join(f"%b::{t}[]" for t in types)
+    return f"INSERT INTO {table} ({', '.join(fields)}) SELECT * FROM unnest({arrays})\n"
+
+
+def _columns(rows: Sequence[msgspec.Struct]) -> list[list[Any]]:
+    """Rows as one list per field: the arrays ``_insert_rows`` statements unnest."""
+    return [list(column) for column in zip(*map(msgspec.structs.astuple, rows), strict=True)]
+
+
+_INSERT_RECORD = (
+    _insert_rows(
+        "timing_records",
+        TimingRecord,
+        ("int", "int", "int", "text", "int", "text", "timestamptz", "timestamptz"),
+    )
+    + """ON CONFLICT (entry_id, geofence_id) DO UPDATE SET
     event_id = EXCLUDED.event_id, stage_id = EXCLUDED.stage_id, kind = EXCLUDED.kind,
     crossed_at = EXCLUDED.crossed_at, source_ts = EXCLUDED.source_ts
 """
+)
 UPSERT_RECORD_EARLIER = _INSERT_RECORD + "WHERE EXCLUDED.crossed_at < timing_records.crossed_at"
 UPSERT_RECORD_EXACT = (
     _INSERT_RECORD + "WHERE (timing_records.crossed_at, timing_records.source_ts,"
@@ -91,21 +109,23 @@ UPSERT_RECORD_EXACT = (
     " IS DISTINCT FROM (EXCLUDED.crossed_at, EXCLUDED.source_ts, EXCLUDED.kind,"
     " EXCLUDED.stage_id)"
 )
-UPSERT_VISIT = """
-INSERT INTO zone_events (event_id, entry_id, geofence_id, entered_at, exited_at, max_speed_kmh)
-SELECT * FROM unnest(%b::int[], %b::int[], %b::int[], %b::timestamptz[], %b::timestamptz[],
-                     %b::float8[])
-ON CONFLICT (entry_id, geofence_id, entered_at) DO UPDATE SET
+UPSERT_VISIT = (
+    _insert_rows(
+        "zone_events", ZoneVisit, ("int", "int", "int", "timestamptz", "timestamptz", "float8")
+    )
+    + """ON CONFLICT (entry_id, geofence_id, entered_at) DO UPDATE SET
     exited_at = EXCLUDED.exited_at, max_speed_kmh = EXCLUDED.max_speed_kmh
 WHERE (zone_events.exited_at, zone_events.max_speed_kmh)
     IS DISTINCT FROM (EXCLUDED.exited_at, EXCLUDED.max_speed_kmh)
 """
-UPSERT_RESULT = """
-INSERT INTO stage_results (event_id, stage_id, entry_id, started_at, finished_at, elapsed_ms,
-    checkpoints_passed, checkpoints_total, status)
-SELECT * FROM unnest(%b::int[], %b::int[], %b::int[], %b::timestamptz[], %b::timestamptz[],
-                     %b::int8[], %b::int[], %b::int[], %b::text[])
-ON CONFLICT (stage_id, entry_id) DO UPDATE SET
+)
+UPSERT_RESULT = (
+    _insert_rows(
+        "stage_results",
+        StageResult,
+        ("int", "int", "int", "timestamptz", "timestamptz", "int8", "int", "int", "text"),
+    )
+    + """ON CONFLICT (stage_id, entry_id) DO UPDATE SET
     event_id = EXCLUDED.event_id, started_at = EXCLUDED.started_at,
     finished_at = EXCLUDED.finished_at, elapsed_ms = EXCLUDED.elapsed_ms,
     checkpoints_passed = EXCLUDED.checkpoints_passed,
@@ -115,6 +135,7 @@ WHERE (stage_results.started_at, stage_results.finished_at, stage_results.elapse
     IS DISTINCT FROM (EXCLUDED.started_at, EXCLUDED.finished_at, EXCLUDED.elapsed_ms,
        EXCLUDED.checkpoints_passed, EXCLUDED.checkpoints_total, EXCLUDED.status)
 """
+)
 DELETE_STALE_RECORDS = """
 DELETE FROM timing_records t WHERE t.entry_id = ANY(%(entries)b)
   AND (%(stages)b::int[] IS NULL OR t.stage_id = ANY(%(stages)b)) AND NOT EXISTS (
@@ -521,49 +542,15 @@ async def _write(cur: psycopg.AsyncCursor[Any], writes: Sequence[Write]) -> None
         (UPSERT_RECORD_EARLIER, _earliest_by_key([r for w in updates for r in w.records])),
     ):
         if records:
-            await cur.execute(
-                statement,
-                [
-                    [r.event_id for r in records],
-                    [r.stage_id for r in records],
-                    [r.entry_id for r in records],
-                    [r.device_id for r in records],
-                    [r.geofence_id for r in records],
-                    [r.kind for r in records],
-                    [r.crossed_at for r in records],
-                    [r.source_ts for r in records],
-                ],
-            )
+            await cur.execute(statement, _columns(records))
     visits = _last_by_key([v for w in every for v in w.visits])
     if visits:
-        await cur.execute(
-            UPSERT_VISIT,
-            [
-                [v.event_id for v in visits],
-                [v.entry_id for v in visits],
-                [v.geofence_id for v in visits],
-                [v.entered_at for v in visits],
-                [v.exited_at for v in visits],
-                # floats all: an array's type is its elements', and speeds may be ints
-                [float(v.max_speed_kmh) for v in visits],
-            ],
-        )
+        *keys, speeds = _columns(visits)
+        # floats all: an array takes its elements' type, and a speed may be an int
+        await cur.execute(UPSERT_VISIT, [*keys, [float(s) for s in speeds]])
     results = _last_by_key([r for w in every for r in w.results])
     if results:
-        await cur.execute(
-            UPSERT_RESULT,
-            [
-                [r.event_id for r in results],
-                [r.stage_id for r in results],
-                [r.entry_id for r in results],
-                [r.started_at for r in results],
-                [r.finished_at for r in results],
-                [r.elapsed_ms for r in results],
-                [r.checkpoints_passed for r in results],
-                [r.checkpoints_total for r in results],
-                [r.status for r in results],
-            ],
-        )
+        await cur.execute(UPSERT_RESULT, _columns(results))
     stages |= {r.stage_id for r in results}
     if stages:
         await cur.execute(RERANK, [sorted(stages)])
