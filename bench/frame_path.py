@@ -1,11 +1,11 @@
 """The broadcast's own CPU per delivered frame, without sockets, Redis or the event loop.
 
 ``python -m bench.frame_path [--clients 500] [--events 20] [--devices 2000] [--repeat 5]``:
-the real ``Hub.publish`` -> ``Subscription.offer`` -> ``Client.push`` -> ``Outbox`` over
-fixes of entered devices, every subscribed client's outbox taken as its writer takes it
-(``get_many``'s take, up to ``WRITE_BATCH_BYTES``) every ``--tick`` fixes, in one
-process. What it leaves out: the tail's read and decode, the writers' task switches and
-their socket writes.
+the real ``Hub.publish_many`` -> ``Subscription.offer_many`` -> ``Client.push_many`` ->
+``Outbox`` over fixes of entered devices in the tail's bursts of ``--tick`` fixes, every
+subscribed client's outbox taken after each burst as its writer takes it (``get_many``'s
+take, up to ``WRITE_BATCH_BYTES``), in one process. What it leaves out: the tail's read
+and decode, the writers' task switches and their socket writes.
 
 Why it exists: ``bench.fanout``'s latency and loss follow how much CPU each process gets
 on a shared 2-core machine far more than the broadcast's own cost, so a change to the
@@ -58,6 +58,8 @@ def run(
         hub.add(sub)
         recipients.append(client)
     fixes = [make_position(f"dev{d}", s) for s in range(1, seconds + 1) for d in range(devices)]
+    # The tail's bursts (its reads, as ``StreamTail`` builds them: fix, entry id).
+    bursts = [[(p, None) for p in fixes[i : i + tick]] for i in range(0, len(fixes), tick)]
     ns_per_frame: list[float] = []
     frames = 0
 
@@ -66,13 +68,10 @@ def run(
         hub.last.clear()  # every pass delivers the same fixes again
         frames = 0
         started = time.process_time()
-        for i, position in enumerate(fixes):
-            hub.publish(position, None)
-            if i % tick == tick - 1:
-                for client in recipients:
-                    frames += len(client.outbox._take(WRITE_BATCH_BYTES))
-        for client in recipients:
-            frames += len(client.outbox._take(WRITE_BATCH_BYTES))
+        for burst in bursts:  # as the tail hands them over, then its writers take
+            hub.publish_many(burst)
+            for client in recipients:
+                frames += len(client.outbox._take(WRITE_BATCH_BYTES))
         ns_per_frame.append((time.process_time() - started) / frames * 1e9)
 
     async def main() -> None:  # Outbox holds a trio.Event: made inside a run
@@ -103,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--devices", type=int, default=2_000)
     parser.add_argument("--seconds", type=int, default=6, help="fixes per device")
-    parser.add_argument("--tick", type=int, default=60, help="fixes between writer takes")
+    parser.add_argument(
+        "--tick", type=int, default=60, help="fixes per burst (between writer takes)"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ snapshot.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -20,7 +20,7 @@ import attrs
 from processor.broadcast import frames
 from processor.broadcast.metrics import BroadcastMetrics
 from processor.broadcast.roster import Roster, RosterKeeper
-from processor.broadcast.subscription import Subscription
+from processor.broadcast.subscription import Keyed, Offer, Subscription
 from processor.broadcast.wire import TextFrame
 from processor.core.model import Position, entry_id_millis
 
@@ -66,36 +66,58 @@ class Hub:
         return len(self._subscribers.get(event_id, ()))
 
     def publish(self, position: Position, stream_id: str | None = None) -> None:
-        """Fan one decoded fix out to every subscription of the events its device is in."""
-        if not position.fix_valid:
-            return
-        device_id = position.device_id
+        """Fan one decoded fix out (``publish_many`` of one)."""
+        self.publish_many([(position, stream_id)])
+
+    def publish_many(self, fixes: Sequence[tuple[Position, str | None]]) -> None:
+        """Fan decoded fixes (in stream order) out to every subscription of the events
+        their devices are in: each event's frames go to each of its subscriptions in one
+        hand-off (a list extend per outbox), not three Python calls per frame and client
+        (``bench.frame_path``). A device's frames keep their order; frames of different
+        events to one client may be reordered within the batch, which the live protocol
+        allows (its order guarantees are per device)."""
         roster = self.roster.current
         if roster is not self._last_roster:
             self._forget_unentered(roster)
-        entries = roster.by_device.get(device_id)
-        if not entries:
-            return
-        last = self.last.get(device_id)
-        if last is not None and position.ts <= last.ts:
-            return  # late: stored by the pipeline, never broadcast as live
-        self.last[device_id] = position
-        body: dict[str, Any] | None = None
-        handed = False
-        for event_id, entry_id in entries:
-            subs = self._subscribers.get(event_id)
-            if not subs:
+        by_device = roster.by_device
+        last = self.last
+        subscribers = self._subscribers
+        per_event: dict[str, tuple[list[Offer], list[Keyed]]] = {}
+        handed: list[str] = []  # stream ids of the fixes with a frame, for the latency
+        for position, stream_id in fixes:
+            if not position.fix_valid:
                 continue
-            if body is None:
-                body = frames.position_body(position, entry_id, self.attributes(position))
-            frame = TextFrame.of(frames.position_frame(event_id, {**body, "entry_id": entry_id}))
-            key = (event_id, device_id)
-            for sub in list(subs):
-                sub.offer(device_id, position.ts, frame, key)
-            handed = True
-        if handed and stream_id is not None:
-            delay = time.time() - entry_id_millis(stream_id) / 1000
-            self.metrics.fanout_latency.observe(max(delay, 0.0))
+            device_id = position.device_id
+            entries = by_device.get(device_id)
+            if not entries:
+                continue
+            previous = last.get(device_id)
+            if previous is not None and position.ts <= previous.ts:
+                continue  # late: stored by the pipeline, never broadcast as live
+            last[device_id] = position
+            body: dict[str, Any] | None = None
+            for event_id, entry_id in entries:
+                if event_id not in subscribers:
+                    continue
+                if body is None:
+                    body = frames.position_body(position, entry_id, self.attributes(position))
+                text = frames.position_frame(event_id, {**body, "entry_id": entry_id})
+                keyed: Keyed = ((event_id, device_id), TextFrame.of(text))
+                batch = per_event.get(event_id)
+                if batch is None:
+                    batch = per_event[event_id] = ([], [])
+                batch[0].append((device_id, position.ts, keyed))
+                batch[1].append(keyed)
+            if body is not None and stream_id is not None:
+                handed.append(stream_id)
+        for event_id, (offers, keyed_frames) in per_event.items():
+            for sub in list(subscribers.get(event_id, ())):
+                sub.offer_many(offers, keyed_frames)
+        if handed:
+            now = time.time()
+            for stream_id in handed:
+                delay = now - entry_id_millis(stream_id) / 1000
+                self.metrics.fanout_latency.observe(max(delay, 0.0))
 
     def _forget_unentered(self, roster: Roster) -> None:
         """A new roster: drop the last fixes of devices it no longer enters. A device

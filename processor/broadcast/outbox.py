@@ -14,8 +14,6 @@ can send it in one write; what it leaves stays here, still subject to coalescing
 
 from __future__ import annotations
 
-import itertools
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sized
 from typing import Generic, TypeVar
 
@@ -35,15 +33,14 @@ class Outbox(Generic[T]):
     capacity: int
     # Told how many frames each coalescing replaced or dropped (a metric).
     on_coalesced: Callable[[int], None] | None = attrs.field(default=None, kw_only=True)
-    # seq -> (coalescing key or None for frames that are never replaced, frame)
-    _items: OrderedDict[int, tuple[Hashable | None, T]] = attrs.field(
-        factory=OrderedDict, init=False
-    )
-    # key -> the seq of its newest queued frame. Only coalescing needs it, and only a
-    # full outbox coalesces: so it is built when the outbox first fills and kept until
-    # it empties, and a client that keeps up never pays for it (``_latest_seqs``).
+    # (coalescing key or None for frames that are never replaced, frame), oldest first.
+    # A list: a batch goes in with one ``extend`` and a take-all is one ``clear``.
+    _items: list[tuple[Hashable | None, T]] = attrs.field(factory=list, init=False)
+    # key -> the index in ``_items`` of its newest queued frame. Only coalescing needs
+    # it, and only a full outbox coalesces: so it is built when the outbox fills and
+    # dropped when a take moves the indices, and a client that keeps up never pays for
+    # it (``_latest_index``).
     _latest: dict[Hashable, int] | None = attrs.field(default=None, init=False)
-    _seq: itertools.count[int] = attrs.field(factory=itertools.count, init=False)
     _wakeup: trio.Event = attrs.field(factory=trio.Event, init=False)
     _waiting: bool = attrs.field(default=False, init=False)  # a writer waits on _wakeup
     overflowed: bool = attrs.field(default=False, init=False)
@@ -60,18 +57,34 @@ class Outbox(Generic[T]):
         """
         if self.overflowed:
             return False
-        if len(self._items) >= self.capacity:
+        items = self._items
+        if len(items) >= self.capacity:
             return self._push_full(frame, key)
-        seq = next(self._seq)
-        self._items[seq] = (key, frame)
         if key is not None and self._latest is not None:
-            self._latest[key] = seq
+            self._latest[key] = len(items)
+        items.append((key, frame))
         if self._waiting:  # else the writer finds the frame before it waits
             self._wakeup.set()
         return True
 
+    def push_many(self, keyed: list[tuple[Hashable | None, T]]) -> bool:
+        """``push`` of each ``(key, frame)`` in order; False as soon as one is refused.
+
+        While there is room and no coalescing index (a client that keeps up) the batch
+        goes in with one ``extend``; otherwise one ``push`` at a time."""
+        if (
+            self._latest is not None
+            or self.overflowed
+            or len(self._items) + len(keyed) > self.capacity
+        ):
+            return all(self.push(frame, key) for key, frame in keyed)
+        self._items.extend(keyed)
+        if keyed and self._waiting:
+            self._wakeup.set()
+        return True
+
     def _push_full(self, frame: T, key: Hashable | None) -> bool:
-        latest = self._latest_seqs()
+        latest = self._latest_index()
         old = latest.get(key) if key is not None else None
         if old is not None:
             self._items[old] = (key, frame)  # in place: the device keeps its turn
@@ -84,20 +97,20 @@ class Outbox(Generic[T]):
             return False
         return self.push(frame, key)
 
-    def _latest_seqs(self) -> dict[Hashable, int]:
+    def _latest_index(self) -> dict[Hashable, int]:
         if self._latest is None:
-            # In seq order, so each key ends at its newest frame.
-            self._latest = {key: seq for seq, (key, _) in self._items.items() if key is not None}
+            # In queue order, so each key ends at its newest frame.
+            self._latest = {key: i for i, (key, _) in enumerate(self._items) if key is not None}
         return self._latest
 
     def _compact(self, latest: dict[Hashable, int]) -> None:
         """Drop every keyed frame that a newer frame of the same key supersedes."""
-        stale = [
-            seq for seq, (key, _) in self._items.items() if key is not None and latest[key] != seq
-        ]
-        for seq in stale:
-            del self._items[seq]
-        self._count_coalesced(len(stale))
+        items = self._items
+        kept = [item for i, item in enumerate(items) if item[0] is None or latest[item[0]] == i]
+        if len(kept) < len(items):
+            self._items = kept
+            self._latest = None  # the indices moved
+            self._count_coalesced(len(items) - len(kept))
 
     def _count_coalesced(self, n: int) -> None:
         if n:
@@ -135,7 +148,7 @@ class Outbox(Generic[T]):
         items = self._items
         out: list[T] = []
         size = 0
-        for _, frame in items.values():
+        for _, frame in items:
             n = len(frame)
             if out and size + n > max_bytes:
                 break
@@ -143,11 +156,7 @@ class Outbox(Generic[T]):
             size += n
         if len(out) == len(items):  # the usual case: everything pending fits one write
             items.clear()
-            self._latest = None
-            return out
-        latest = self._latest
-        for _ in out:
-            seq, (key, _) = items.popitem(last=False)
-            if latest is not None and key is not None and latest.get(key) == seq:
-                del latest[key]
+        else:
+            del items[: len(out)]
+        self._latest = None  # empty, or the indices moved: rebuilt if it fills again
         return out

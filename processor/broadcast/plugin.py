@@ -76,7 +76,7 @@ class BroadcastPlugin:
                             count=s.read_count,
                             block_ms=s.block_ms,
                             future_tolerance_s=s.future_tolerance_s,
-                            publish=hub.publish,
+                            publish=hub.publish_many,
                             log=log,
                             burst=max(1, s.ws_outbox_max // 2),
                             pacer=ReadPacer(s.ws_read_pace_ms / 1000),

@@ -19,11 +19,15 @@ from typing import Protocol
 
 import attrs
 
-from processor.broadcast.wire import Frame
+from processor.broadcast.wire import Frame, TextFrame
 
 # (device, fix time, frame) of a position held during the snapshot, or a bare frame
 # (timing) that no newer frame replaces.
 Held = tuple[str, datetime, Frame] | Frame
+# A position frame with its coalescing key, ``(event_id, device_id)``, as an outbox holds it.
+Keyed = tuple[Hashable, TextFrame]
+# What the hub offers per position: device, fix time and the keyed frame.
+Offer = tuple[str, datetime, Keyed]
 
 
 class Recipient(Protocol):
@@ -32,6 +36,8 @@ class Recipient(Protocol):
     outbox_capacity: int
 
     def push(self, frame: Frame, key: Hashable | None = None) -> None: ...
+
+    def push_many(self, keyed: list[Keyed]) -> None: ...
 
     def too_slow(self, why: str) -> None: ...
 
@@ -57,6 +63,16 @@ class Subscription:
             self.client.push(text, (self.event_id, device_id) if key is None else key)
             return
         self._hold(self._held, (device_id, ts, text))
+
+    def offer_many(self, offers: list[Offer], keyed: list[Keyed]) -> None:
+        """``offer`` for a batch of the event's positions (the hub's, in stream order);
+        ``keyed`` is the same frames as the outbox takes them, shared by every
+        subscription of the event."""
+        if self._held is None and not self._floor:
+            self.client.push_many(keyed)  # the usual case: one hand-off for the batch
+            return
+        for device_id, ts, (key, frame) in offers:
+            self.offer(device_id, ts, frame, key)
 
     def offer_unkeyed(self, text: Frame) -> None:
         """A frame that no newer one replaces (timing); after the snapshot, like fixes."""

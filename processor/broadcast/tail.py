@@ -39,7 +39,8 @@ class StreamTail:
     count: int
     block_ms: int
     future_tolerance_s: float
-    publish: Callable[[Position, str], None]
+    # The hub's ``publish_many``: a burst of decoded fixes with their entry ids.
+    publish: Callable[[list[tuple[Position, str | None]]], None]
     log: structlog.typing.FilteringBoundLogger
     # Fixes published between two checkpoints. Client writers run only at a checkpoint,
     # so this sets how many frames each writer finds to send in one write (a write per
@@ -67,7 +68,7 @@ class StreamTail:
             if wanted is not None and not wanted:
                 continue  # no event enters any device: nothing to broadcast
             now = datetime.now(UTC)
-            unyielded = 0
+            burst: list[tuple[Position, str | None]] = []
             for _, entry_id, fields in entries:
                 if wanted is not None:
                     device_id = peek_device_id(fields)
@@ -80,12 +81,13 @@ class StreamTail:
                         "broadcast tail: poison record skipped", id=entry_id, error=str(exc)
                     )
                     continue
-                self.publish(position, entry_id)
+                burst.append((position, entry_id))
                 # Let client writers drain between bursts: one read must not fill every
                 # outbox before any of them had a chance to send.
-                unyielded += 1
-                if unyielded >= self.burst:
-                    unyielded = 0
+                if len(burst) >= self.burst:
+                    self.publish(burst)
+                    burst = []
                     await trio.lowlevel.checkpoint()
-            if unyielded:
+            if burst:
+                self.publish(burst)
                 await trio.lowlevel.checkpoint()

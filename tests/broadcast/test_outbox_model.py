@@ -60,6 +60,15 @@ push = st.tuples(
     st.text("xyz", min_size=1, max_size=4),
 )
 take = st.tuples(st.just("take"), st.integers(0, 12), st.just(""))
+# A burst from the hub: several keyed frames in one ``push_many``.
+many = st.tuples(
+    st.just("many"),
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.text("xyz", min_size=1, max_size=4)),
+        max_size=6,
+    ),
+    st.just(""),
+)
 
 
 # A partial take while the index exists, then the taken frame's key when full again.
@@ -75,7 +84,7 @@ STALE_INDEX = [
 
 @settings(max_examples=400, deadline=None)
 @example(capacity=2, ops=STALE_INDEX)
-@given(capacity=st.integers(1, 5), ops=st.lists(st.one_of(push, push, take), max_size=60))
+@given(capacity=st.integers(1, 5), ops=st.lists(st.one_of(push, push, take, many), max_size=60))
 def test_outbox_follows_the_model(capacity: int, ops: list[tuple[str, object, str]]) -> None:
     counted: list[int] = []
     box: Outbox[str] = Outbox(capacity, on_coalesced=counted.append)
@@ -83,6 +92,10 @@ def test_outbox_follows_the_model(capacity: int, ops: list[tuple[str, object, st
     for op, arg, frame in ops:
         if op == "push":
             assert box.push(frame, arg) == model.push(frame, arg)
+        elif op == "many":
+            assert isinstance(arg, list)
+            # One at a time, up to the first refusal.
+            assert box.push_many(arg) == all(model.push(f, k) for k, f in arg)
         else:
             assert isinstance(arg, int)
             if model.overflowed:

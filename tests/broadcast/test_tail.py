@@ -29,7 +29,10 @@ FIXES, BURST = 500, 100
 
 
 def tail_of(
-    client: RedisStreams, stream: str, publish: Callable[[Position, str], None], **options: Any
+    client: RedisStreams,
+    stream: str,
+    publish: Callable[[list[tuple[Position, str | None]]], None],
+    **options: Any,
 ) -> StreamTail:
     return StreamTail(
         streams=client,
@@ -50,6 +53,11 @@ async def test_the_tail_yields_once_per_burst_of_fixes(
     sync_redis.xadd(stream, encode(make_position("before", second=0)))  # type: ignore[arg-type]
     turns = 0  # how often a task standing in for a client writer got to run
     seen: list[int] = []  # the count of those turns as each fix was published
+    bursts: list[int] = []  # fixes per hand-off to the hub
+
+    def publish(burst: list[tuple[Position, str | None]]) -> None:
+        bursts.append(len(burst))
+        seen.extend([turns] * len(burst))
 
     async def writer_stand_in() -> None:
         nonlocal turns
@@ -60,7 +68,7 @@ async def test_the_tail_yields_once_per_burst_of_fixes(
     client = await RedisStreams.connect(settings.redis_url)
     try:
         async with trio.open_nursery() as nursery:
-            tail = tail_of(client, stream, lambda _position, _id: seen.append(turns), burst=BURST)
+            tail = tail_of(client, stream, publish, burst=BURST)
             await nursery.start(tail.run)
             nursery.start_soon(writer_stand_in)
             # One MULTI: the tail's next XREAD returns all of them in one reply.
@@ -79,6 +87,7 @@ async def test_the_tail_yields_once_per_burst_of_fixes(
     # bursts go by: at most 2 x BURST fixes between its turns (never yielding: all 500).
     assert max(runs) <= 2 * BURST, runs
     assert len(runs) <= FIXES // BURST + 1, runs  # and not a turn after every fix
+    assert max(bursts) <= BURST, bursts  # a burst is handed over whole, never more
 
 
 async def test_records_of_devices_no_event_enters_are_skipped_before_decoding(
@@ -105,7 +114,7 @@ async def test_records_of_devices_no_event_enters_are_skipped_before_decoding(
             tail = tail_of(
                 client,
                 stream,
-                lambda position, _id: published.append(position.device_id),
+                lambda burst: published.extend(p.device_id for p, _ in burst),
                 entered=lambda: entered,
             )
             await nursery.start(tail.run)

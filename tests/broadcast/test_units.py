@@ -127,8 +127,40 @@ class FakeClient:
     def push(self, text: str, key: Hashable | None = None) -> None:
         self.pushed.append((text, key))
 
+    def push_many(self, keyed: list[tuple[Hashable, str]]) -> None:
+        self.pushed.extend((text, key) for key, text in keyed)
+
     def too_slow(self, why: str) -> None:
         self.slow.append(why)
+
+
+def test_a_batch_offered_at_once_is_what_offering_it_fix_by_fix_gives() -> None:
+    """The hub hands an event's burst to a subscription in one ``offer_many``: during
+    the snapshot, right after it (floors) and live, the client gets what ``offer``
+    one fix at a time would have given it."""
+    batches = [
+        [("a", at(5), "a5"), ("b", at(3), "b3")],  # while the snapshot query runs
+        [("b", at(2), "b2"), ("a", at(6), "a6"), ("b", at(4), "b4")],  # floors apply
+        [("c", at(1), "c1"), ("b", at(5), "b5")],  # live
+    ]
+    got = []
+    for batched in (True, False):
+        client = FakeClient()
+        sub = Subscription(client, "7")
+        for n, batch in enumerate(batches):
+            if n == 1:
+                sub.release("SNAP", {"a": at(4), "b": at(3)})
+            if batched:
+                keyed = [(("7", d), text) for d, _, text in batch]
+                sub.offer_many(
+                    [(d, ts, k) for (d, ts, _), k in zip(batch, keyed, strict=True)], keyed
+                )
+            else:
+                for d, ts, text in batch:
+                    sub.offer(d, ts, text, ("7", d))
+        got.append(client.pushed)
+    assert got[0] == got[1]
+    assert [t for t, _ in got[0]] == ["SNAP", "a5", "a6", "b4", "c1", "b5"]
 
 
 def test_fixes_during_the_snapshot_are_held_then_only_newer_ones_delivered() -> None:
