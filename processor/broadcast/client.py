@@ -92,10 +92,15 @@ class Client:
         if not self.outbox.push(frame, key):
             self.too_slow("outbox overflowed after coalescing")
 
-    def push_many(self, keyed: list[tuple[Hashable, TextFrame]]) -> None:
-        """Queue pre-encoded position frames with their coalescing keys, in order."""
+    def push_many(self, keyed: list[tuple[Hashable, TextFrame]]) -> int:
+        """Queue pre-encoded position frames with their coalescing keys, in order; the
+        frames now queued."""
         if not self.outbox.push_many(keyed):
             self.too_slow("outbox overflowed after coalescing")
+        return len(self.outbox)
+
+    def queued(self) -> int:
+        return len(self.outbox)
 
     def too_slow(self, why: str) -> None:
         """Count the client as too slow once; its writer closes it with 1013."""

@@ -69,13 +69,16 @@ class Hub:
         """Fan one decoded fix out (``publish_many`` of one)."""
         self.publish_many([(position, stream_id)])
 
-    def publish_many(self, fixes: Sequence[tuple[Position, str | None]]) -> None:
+    def publish_many(self, fixes: Sequence[tuple[Position, str | None]]) -> int:
         """Fan decoded fixes (in stream order) out to every subscription of the events
         their devices are in: each event's frames go to each of its subscriptions in one
         hand-off (a list extend per outbox), not three Python calls per frame and client
         (``bench.frame_path``). A device's frames keep their order; frames of different
         events to one client may be reordered within the batch, which the live protocol
-        allows (its order guarantees are per device)."""
+        allows (its order guarantees are per device).
+
+        Returns how many frames the fullest outbox it handed frames to now holds, so the
+        tail knows when to let the writers send (``StreamTail.yield_at``)."""
         roster = self.roster.current
         if roster is not self._last_roster:
             self._forget_unentered(roster)
@@ -110,14 +113,18 @@ class Hub:
                 batch[1].append(keyed)
             if body is not None and stream_id is not None:
                 handed.append(stream_id)
+        fullest = 0
         for event_id, (offers, keyed_frames) in per_event.items():
             for sub in list(subscribers.get(event_id, ())):
-                sub.offer_many(offers, keyed_frames)
+                queued = sub.offer_many(offers, keyed_frames)
+                if queued > fullest:
+                    fullest = queued
         if handed:
             now = time.time()
             for stream_id in handed:
                 delay = now - entry_id_millis(stream_id) / 1000
                 self.metrics.fanout_latency.observe(max(delay, 0.0))
+        return fullest
 
     def _forget_unentered(self, roster: Roster) -> None:
         """A new roster: drop the last fixes of devices it no longer enters. A device

@@ -78,7 +78,12 @@ class BroadcastPlugin:
                             future_tolerance_s=s.future_tolerance_s,
                             publish=hub.publish_many,
                             log=log,
-                            burst=max(1, s.ws_outbox_max // 2),
+                            # A quarter of an outbox per hand-off: big enough that each
+                            # event gets several frames per hand-off (its cost is per
+                            # event and subscription), and a client at yield_at still
+                            # has room for one more burst of its events.
+                            burst=max(1, s.ws_outbox_max // 4),
+                            yield_at=max(1, s.ws_outbox_max // 2),
                             pacer=ReadPacer(s.ws_read_pace_ms / 1000),
                             entered=hub.entered,
                         ).run

@@ -37,7 +37,9 @@ class Recipient(Protocol):
 
     def push(self, frame: Frame, key: Hashable | None = None) -> None: ...
 
-    def push_many(self, keyed: list[Keyed]) -> None: ...
+    def push_many(self, keyed: list[Keyed]) -> int: ...  # the frames then queued
+
+    def queued(self) -> int: ...
 
     def too_slow(self, why: str) -> None: ...
 
@@ -64,15 +66,16 @@ class Subscription:
             return
         self._hold(self._held, (device_id, ts, text))
 
-    def offer_many(self, offers: list[Offer], keyed: list[Keyed]) -> None:
+    def offer_many(self, offers: list[Offer], keyed: list[Keyed]) -> int:
         """``offer`` for a batch of the event's positions (the hub's, in stream order);
         ``keyed`` is the same frames as the outbox takes them, shared by every
-        subscription of the event."""
+        subscription of the event. Returns the frames now queued for the client (held
+        ones, while the snapshot is built)."""
         if self._held is None and not self._floor:
-            self.client.push_many(keyed)  # the usual case: one hand-off for the batch
-            return
+            return self.client.push_many(keyed)  # the usual case: one hand-off
         for device_id, ts, (key, frame) in offers:
             self.offer(device_id, ts, frame, key)
+        return self.client.queued() if self._held is None else len(self._held)
 
     def offer_unkeyed(self, text: Frame) -> None:
         """A frame that no newer one replaces (timing); after the snapshot, like fixes."""

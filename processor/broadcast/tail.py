@@ -39,15 +39,19 @@ class StreamTail:
     count: int
     block_ms: int
     future_tolerance_s: float
-    # The hub's ``publish_many``: a burst of decoded fixes with their entry ids.
-    publish: Callable[[list[tuple[Position, str | None]]], None]
+    # The hub's ``publish_many``: hands a burst of decoded fixes (with their entry ids)
+    # to the clients and says how many frames the fullest outbox it filled now holds.
+    publish: Callable[[list[tuple[Position, str | None]]], int]
     log: structlog.typing.FilteringBoundLogger
-    # Fixes published between two checkpoints. Client writers run only at a checkpoint,
-    # so this sets how many frames each writer finds to send in one write (a write per
-    # frame was most of the fan-out's cost: bench/README.md, fan-out). It must stay under
-    # a client's outbox (the plug-in uses half), so that one burst cannot fill the outbox
-    # of a client that keeps up.
+    # Fixes per hand-off to the hub.
     burst: int = 1
+    # Client writers run only at a checkpoint, so the tail checkpoints once an outbox
+    # holds this many frames, and at the end of each read: each writer then finds all
+    # it can send in one write (a write per frame was most of the fan-out's cost, and a
+    # write per few frames most of a drain's: bench/README.md, fan-out). The plug-in
+    # uses half an outbox, so that a client that keeps up never fills its outbox
+    # (one burst adds at most ``burst`` frames per event it is subscribed to).
+    yield_at: int = 1
     pacer: ReadPacer = attrs.field(factory=lambda: ReadPacer(0.0))
     # The devices whose fixes can be broadcast at all (entered in an event), asked once
     # per read; None: every device. The others are skipped before decoding: the hub
@@ -82,12 +86,13 @@ class StreamTail:
                     )
                     continue
                 burst.append((position, entry_id))
-                # Let client writers drain between bursts: one read must not fill every
-                # outbox before any of them had a chance to send.
                 if len(burst) >= self.burst:
-                    self.publish(burst)
+                    fullest = self.publish(burst)
                     burst = []
-                    await trio.lowlevel.checkpoint()
+                    # Let client writers drain once an outbox is half full: one read
+                    # must not fill an outbox before its writer had a chance to send.
+                    if fullest >= self.yield_at:
+                        await trio.lowlevel.checkpoint()
             if burst:
                 self.publish(burst)
-                await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()

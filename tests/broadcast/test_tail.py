@@ -25,13 +25,13 @@ from processor.core.redis_io import RedisStreams
 from processor.logs import make_logger
 from tests.helpers import make_position, wait_for
 
-FIXES, BURST = 500, 100
+FIXES, BURST, YIELD_AT = 500, 10, 100
 
 
 def tail_of(
     client: RedisStreams,
     stream: str,
-    publish: Callable[[list[tuple[Position, str | None]]], None],
+    publish: Callable[[list[tuple[Position, str | None]]], int],
     **options: Any,
 ) -> StreamTail:
     return StreamTail(
@@ -46,29 +46,37 @@ def tail_of(
     )
 
 
-async def test_the_tail_yields_once_per_burst_of_fixes(
+async def test_the_tail_lets_writers_run_once_an_outbox_is_half_full(
     settings: config.Settings, sync_redis: redis.Redis, bridge: None
 ) -> None:
+    """The hub says how full the fullest outbox is; the tail checkpoints when that
+    reaches ``yield_at`` (here: one frame per fix, so every YIELD_AT fixes), not per
+    hand-off, and hands fixes over in bursts of BURST."""
     stream = settings.telemetry_stream
     sync_redis.xadd(stream, encode(make_position("before", second=0)))  # type: ignore[arg-type]
     turns = 0  # how often a task standing in for a client writer got to run
+    queued = 0  # its outbox: one frame per fix, emptied at each of its turns
     seen: list[int] = []  # the count of those turns as each fix was published
     bursts: list[int] = []  # fixes per hand-off to the hub
 
-    def publish(burst: list[tuple[Position, str | None]]) -> None:
+    def publish(burst: list[tuple[Position, str | None]]) -> int:
+        nonlocal queued
         bursts.append(len(burst))
         seen.extend([turns] * len(burst))
+        queued += len(burst)
+        return queued
 
     async def writer_stand_in() -> None:
-        nonlocal turns
+        nonlocal turns, queued
         while True:
             turns += 1
+            queued = 0
             await trio.lowlevel.checkpoint()
 
     client = await RedisStreams.connect(settings.redis_url)
     try:
         async with trio.open_nursery() as nursery:
-            tail = tail_of(client, stream, publish, burst=BURST)
+            tail = tail_of(client, stream, publish, burst=BURST, yield_at=YIELD_AT)
             await nursery.start(tail.run)
             nursery.start_soon(writer_stand_in)
             # One MULTI: the tail's next XREAD returns all of them in one reply.
@@ -84,9 +92,10 @@ async def test_the_tail_yields_once_per_burst_of_fixes(
     runs = [len(list(group)) for _, group in itertools.groupby(seen)]
     # Trio runs every runnable task once per batch, in an order it shuffles, so a
     # writer that ran before the tail in one batch and after it in the next saw two
-    # bursts go by: at most 2 x BURST fixes between its turns (never yielding: all 500).
-    assert max(runs) <= 2 * BURST, runs
-    assert len(runs) <= FIXES // BURST + 1, runs  # and not a turn after every fix
+    # bursts go by: at most 2 x YIELD_AT fixes between its turns (never yielding: 500).
+    assert max(runs) <= 2 * YIELD_AT, runs
+    # ... and not a turn per hand-off (that would be FIXES // BURST = 50 runs).
+    assert len(runs) <= FIXES // YIELD_AT + 1, runs
     assert max(bursts) <= BURST, bursts  # a burst is handed over whole, never more
 
 
@@ -114,7 +123,7 @@ async def test_records_of_devices_no_event_enters_are_skipped_before_decoding(
             tail = tail_of(
                 client,
                 stream,
-                lambda burst: published.extend(p.device_id for p, _ in burst),
+                lambda burst: published.extend(p.device_id for p, _ in burst) or 0,
                 entered=lambda: entered,
             )
             await nursery.start(tail.run)

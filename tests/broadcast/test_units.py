@@ -127,8 +127,12 @@ class FakeClient:
     def push(self, text: str, key: Hashable | None = None) -> None:
         self.pushed.append((text, key))
 
-    def push_many(self, keyed: list[tuple[Hashable, str]]) -> None:
+    def push_many(self, keyed: list[tuple[Hashable, str]]) -> int:
         self.pushed.extend((text, key) for key, text in keyed)
+        return len(self.pushed)
+
+    def queued(self) -> int:
+        return len(self.pushed)
 
     def too_slow(self, why: str) -> None:
         self.slow.append(why)
@@ -317,6 +321,22 @@ def test_pre_encoded_frames_are_held_and_coalesced_like_texts() -> None:
     assert [t for t, _ in client.pushed] == ["SNAP", a7, t1, b6]
     assert client.pushed[2][1] is None  # timing: never coalesced later either
     assert client.pushed[1][1] == ("7", "a")
+
+
+async def test_publish_many_says_how_full_the_fullest_outbox_it_filled_is() -> None:
+    keeper = RosterKeeper(store=None, interval_s=30, log=None)  # type: ignore[arg-type]
+    keeper.current = Roster.from_rows([("a", "7", 1), ("b", "8", 2), ("c", "9", 3)])
+    hub = Hub(keeper, BroadcastMetrics.create(CollectorRegistry()))
+    clients = {event: FakeClient() for event in ("7", "8", "9")}
+    for event, client in clients.items():
+        sub = Subscription(client, event)
+        sub.release("SNAP", {})
+        hub.add(sub)
+    clients["9"].pushed.extend([("old", None)] * 5)  # fuller, but nothing for it now
+    burst = [(make_position(d, second=s), None) for d, s in [("a", 1), ("a", 2), ("b", 1)]]
+    assert hub.publish_many(burst) == 3  # event 7's client: the snapshot and a1, a2
+    assert [len(c.pushed) for c in clients.values()] == [3, 2, 6]
+    assert hub.publish_many([(make_position("z", second=1), None)]) == 0  # nobody's
 
 
 async def test_hub_forgets_the_last_fix_of_a_device_no_event_enters_any_more() -> None:

@@ -206,7 +206,7 @@ async def test_broadcast_tail_reads_every_shard_in_one_xread(
                 count=100,
                 block_ms=100,
                 future_tolerance_s=600,
-                publish=lambda burst: seen.extend(p.device_id for p, _ in burst),
+                publish=lambda burst: seen.extend(p.device_id for p, _ in burst) or 0,
                 log=make_logger("warning"),
             )
             await nursery.start(tail.run)
