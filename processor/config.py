@@ -528,7 +528,7 @@ VARIABLES: tuple[Variable, ...] = (
         _int_range(1, 100_000),
         "an integer 1-100000",
         "Frames queued per client before coalescing (then closing) a slow client;"
-        " the stream tail hands frames to clients in bursts of half of it.",
+        " the stream tail lets client writers send once one holds half of it.",
     ),
     Variable(
         "WS_READ_PACE_MS",
