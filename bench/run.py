@@ -1071,8 +1071,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch",
         type=int,
-        default=1000,
-        help="rows per COPY in the batched COPY variant (default 1000, "
+        default=2000,
+        help="rows per COPY in the batched COPY variant (default 2000, "
         "the processor's BATCH_MAX default)",
     )
     parser.add_argument(

@@ -265,7 +265,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "READ_COUNT",
         "read_count",
-        "500",
+        "1000",
         _int_range(1, 100_000),
         "an integer 1-100000",
         "Entries asked for per XREADGROUP call.",
@@ -291,7 +291,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "BATCH_MAX",
         "batch_max",
-        "1000",
+        "2000",
         _int_range(1, 50_000),
         "an integer 1-50000",
         "Most records written to PostgreSQL in one round trip.",
