@@ -83,7 +83,7 @@ def _build(registry: CollectorRegistry, stream: str) -> dict[str, object]:
         "batch_size": Histogram(
             "processor_batch_size_records",
             "Records per written batch.",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),  # 2000: BATCH_MAX default
             registry=registry,
         ),
         "e2e_latency": BatchHistogram(
