@@ -67,11 +67,14 @@ def _run_with_hang_limit(async_fn: Callable[[], Awaitable[Any]], **run_kwargs: A
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every async test under the hang limit (before pytest-trio marks it)."""
+    """Run every async test under the hang limit (before pytest-trio marks it).
+
+    Hypothesis tests are left out: pytest-trio runs each example with plain
+    ``trio.run`` whatever the marker says, and hypothesis has its own deadlines.
+    """
     for item in items:
         test = getattr(item, "obj", None)
-        inner = getattr(getattr(test, "hypothesis", None), "inner_test", test)
-        if inspect.iscoroutinefunction(inner) and item.get_closest_marker("trio") is None:
+        if inspect.iscoroutinefunction(test) and item.get_closest_marker("trio") is None:
             item.add_marker(pytest.mark.trio(run=_run_with_hang_limit))
 
 
@@ -80,29 +83,24 @@ def _db_url(name: str) -> str:
     return f"{base}/{name}"
 
 
+@contextmanager
+def _fresh_database() -> Iterator[str]:
+    """A new, empty database, dropped on the way out."""
+    name = f"processor_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _db_url(name)
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A fresh, empty database for this test session (dropped afterwards)."""
-    name = f"processor_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _db_url(name)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
-def _fresh_database() -> Iterator[str]:
-    name = f"processor_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _db_url(name)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _fresh_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ class Client:
         frames now queued."""
         if not self.outbox.push_many(keyed):
             self.too_slow("outbox overflowed after coalescing")
-        return len(self.outbox)
+        return self.queued()
 
     def queued(self) -> int:
         return len(self.outbox)
