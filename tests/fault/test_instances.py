@@ -113,15 +113,21 @@ def test_kill_9_of_one_instance_loses_nothing(
     for proc in (victim, *survivors):
         proc.wait_ready()
     work = Workload.make(60_000)
-    publish_all(sync_redis, stream_key, work.fields)
 
-    wait_until(
-        lambda: consumer_pending(sync_redis, stream_key, victim.name) >= 200,
-        30,
-        "the victim to hold in-flight entries",
-        0.01,
-    )
+    def holding() -> bool:
+        return consumer_pending(sync_redis, stream_key, victim.name) >= 200
+
+    # Published chunk by chunk, the victim killed as soon as it holds entries and the rest
+    # published after: three instances can drain all 60,000 records between two polls
+    # once publishing is over, and then the victim would die holding nothing.
+    chunk = 2_000
+    sent = 0
+    while sent < len(work.fields) and not holding():
+        publish_all(sync_redis, stream_key, work.fields[sent : sent + chunk])
+        sent += chunk
+    wait_until(holding, 30, "the victim to hold in-flight entries", 0.01)
     killed_at = victim.kill()
+    publish_all(sync_redis, stream_key, work.fields[sent:])
     assert victim.wait(5) == -9
     orphaned = pending_ids(sync_redis, stream_key, consumer=victim.name)
     assert orphaned, "the victim must die holding entries"
