@@ -9,9 +9,15 @@ trackers) once with one instance and once with two (consumer names ``bench-1``,
 ``/proc/<pid>/stat`` for the processors and their PostgreSQL backends, ``INFO cpu`` for
 Redis) shows where the ceiling moves: the machine has ``os.cpu_count()`` cores in total.
 
-Target: two instances >= 1.6x one. JSON: ``bench/results/scaling.json``.
+``--null-sink`` takes the database out altogether (``bench.null_sink``: the rows are
+formatted for the COPY, then dropped), the "write path that is cheap" of issue 6: what is
+left to share the cores is the processors and Redis. Such a drain is timed by the
+group's acks, not by stored rows.
 
-    python -m bench.scaling [--records 200000] [--devices 5000] [--rounds 3]
+Target: two instances >= 1.6x one. JSON: ``bench/results/scaling.json``
+(``scaling_null_sink.json`` with ``--null-sink``).
+
+    python -m bench.scaling [--records 200000] [--devices 5000] [--rounds 3] [--null-sink]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import null_sink
 from bench.harness import (
     RESULTS_DIR,
     Sandbox,
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             "processor_env": env,
             "database": "ALTER DATABASE ... SET synchronous_commit = off",
             "unlogged": args.unlogged,
+            "null_sink": args.null_sink,
         },
         "runs": runs,
     }
@@ -65,12 +73,14 @@ def run(args: argparse.Namespace) -> int:
             # The cheapest logged-free write path PostgreSQL has: no WAL for the table.
             with pg_connect(sb.url, autocommit=True) as conn:
                 conn.execute("ALTER TABLE positions SET UNLOGGED")
+        if args.null_sink:
+            sb.prelude = null_sink.PRELUDE
         _, fields = fleet_fields(args.records, args.devices)
         ceilings = [copy_ceiling(sb, args.records, args.devices)]
         for k in range(args.rounds):
             order = (1, 2) if k % 2 == 0 else (2, 1)
             for n in order:
-                r = sb.drain(fields, env, instances=n, label=f"scale{n}")
+                r = sb.drain(fields, env, instances=n, label=f"scale{n}", stored=not args.null_sink)
                 runs.append({"round": k, **r})
         ceilings.append(copy_ceiling(sb, args.records, args.devices))
     result["copy_ceiling_records_per_s"] = sum(ceilings) / len(ceilings)
@@ -115,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         )
     print_table(
         f"scaling: {args.records:,} records, {args.devices:,} devices, synchronous_commit=off"
-        f"{', positions UNLOGGED' if args.unlogged else ''}, "
+        f"{', positions UNLOGGED' if args.unlogged else ''}"
+        f"{', null sink (nothing stored)' if args.null_sink else ''}, "
         f"{args.rounds} rounds (median [min-max]); COPY ceiling "
         f"{result['copy_ceiling_records_per_s']:,.0f} rec/s",
         ("", "records/s", "CPU while draining (median, % of one core)", "total CPU"),
@@ -140,9 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--unlogged", action="store_true",
                         help="positions as an UNLOGGED table (no WAL): a cheaper write path, "
                         "to see where the ceiling moves when the database costs less")  # fmt: skip
-    parser.add_argument("--out", default=str(RESULTS_DIR / "scaling.json"))
+    parser.add_argument("--null-sink", action="store_true",
+                        help="no database write at all (bench.null_sink): where the ceiling "
+                        "moves when only the processors and Redis share the cores")  # fmt: skip
+    parser.add_argument("--out", help="JSON (bench/results/scaling.json, "
+                        "scaling_null_sink.json with --null-sink)")  # fmt: skip
     add_common_args(parser)
     args = parser.parse_args(argv)
+    if args.out is None:
+        name = "scaling_null_sink.json" if args.null_sink else "scaling.json"
+        args.out = str(RESULTS_DIR / name)
     install_sigterm()
     return exit_on_bench_error(lambda: run(args))
 
