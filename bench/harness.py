@@ -39,6 +39,7 @@ from typing import Any
 import hiredis
 import redis
 
+from bench import null_sink
 from bench.run import (
     REPO_DIR,
     BenchError,
@@ -269,6 +270,8 @@ class Sandbox:
     storage: str | None = None
     procs: list[ProcessorProcess] = field(default_factory=list)
     prelude: str | None = None
+    # Processors store nothing (``bench.null_sink``): drains are timed by the acks.
+    null_sink: bool = False
 
     @classmethod
     @contextmanager
@@ -319,11 +322,14 @@ class Sandbox:
         penv["REDIS_CONSUMER_NAME"] = name
         # A crash dump is a failure to read in the log tail, not a result to commit.
         penv["PANIC_DUMP_DIR"] = args.processor_env.get("PANIC_DUMP_DIR", tempfile.gettempdir())
-        if self.prelude:
+        prelude = "\n".join(
+            p for p in (null_sink.PRELUDE if self.null_sink else None, self.prelude) if p
+        )
+        if prelude:
             # Python run in the processor's interpreter before it starts (experiments such
             # as "import gc; gc.freeze()"); then ``python -m processor run`` as usual.
             code = (
-                f"{self.prelude}\nimport runpy, sys\nsys.argv = ['processor', 'run']\n"
+                f"{prelude}\nimport runpy, sys\nsys.argv = ['processor', 'run']\n"
                 "runpy.run_module('processor', run_name='__main__', alter_sys=True)"
             )
             popen = subprocess.Popen(
@@ -365,7 +371,6 @@ class Sandbox:
         prepare: Callable[[], int] | None = None,
         live: bool = False,
         beside: dict[str, str] | None = None,
-        stored: bool = True,
     ) -> dict[str, Any]:
         """Publish ``fields`` as a backlog, start ``instances`` processors, time the drain.
 
@@ -379,7 +384,7 @@ class Sandbox:
         ``beside``: the env of one more processor on the same stream, started (and ready)
         before the others and not part of the rate's clock, such as a timing instance
         (``TIMING=consume``); its CPU is reported as ``beside``.
-        ``stored=False``: the processors store nothing (``bench.null_sink``), so the drain
+        With ``null_sink`` the processors store nothing, so the drain
         ends when the group has acked everything (polled every 50 ms: the rate errs low
         by up to that much), and no row count is checked.
         Returns the figures; with ``keep_running`` the processes stay up
@@ -433,7 +438,7 @@ class Sandbox:
         wall = time.monotonic() - wall0
         after = _cpu(procs, backends, self.r, extra)
         cpu = {k: 100 * (after[k] - before[k]) / wall for k in before}
-        if stored:
+        if not self.null_sink:
             with pg_connect(self.url) as conn:
                 count, last = conn.execute(
                     "SELECT count(*), max(ingested_at) FROM positions"

@@ -11,13 +11,13 @@ hand-off and the XACKs.
 
 It is installed by a prelude in the processor's interpreter (``Sandbox.prelude``), so
 no setting of the processor can ever turn it on. Nothing is stored, so the bench times
-such a drain by the group's acks (``Sandbox.drain(stored=False)``).
+such a drain by the group's acks (``Sandbox.null_sink``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Sequence, Set
+from datetime import datetime
 
 import trio
 
@@ -31,11 +31,8 @@ async def _insert(
     self: pg_io.PositionStore,
     positions: Sequence[Position],
     derived: Sequence[bytes | None] | None = None,
-) -> Any:
-    rows = [
-        pg_io.copy_row(p, d)
-        for p, d in zip(positions, derived or [None] * len(positions), strict=True)
-    ]
+) -> Set[tuple[str, datetime]]:
+    rows = pg_io.copy_rows(positions, derived)
     await trio.lowlevel.checkpoint()  # a real write yields here too
     self.on_path("direct")
     return pg_io.AllRows(rows)

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import null_sink
 from bench.harness import (
     RESULTS_DIR,
     Sandbox,
@@ -73,14 +72,13 @@ def run(args: argparse.Namespace) -> int:
             # The cheapest logged-free write path PostgreSQL has: no WAL for the table.
             with pg_connect(sb.url, autocommit=True) as conn:
                 conn.execute("ALTER TABLE positions SET UNLOGGED")
-        if args.null_sink:
-            sb.prelude = null_sink.PRELUDE
+        sb.null_sink = args.null_sink
         _, fields = fleet_fields(args.records, args.devices)
         ceilings = [copy_ceiling(sb, args.records, args.devices)]
         for k in range(args.rounds):
             order = (1, 2) if k % 2 == 0 else (2, 1)
             for n in order:
-                r = sb.drain(fields, env, instances=n, label=f"scale{n}", stored=not args.null_sink)
+                r = sb.drain(fields, env, instances=n, label=f"scale{n}")
                 runs.append({"round": k, **r})
         ceilings.append(copy_ceiling(sb, args.records, args.devices))
     result["copy_ceiling_records_per_s"] = sum(ceilings) / len(ceilings)

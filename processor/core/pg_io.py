@@ -136,6 +136,15 @@ def copy_row(p: Position, derived: bytes | None = None) -> tuple[Any, ...]:
     )
 
 
+def copy_rows(
+    positions: Sequence[Position], derived: Sequence[bytes | None] | None = None
+) -> list[tuple[Any, ...]]:
+    """A batch's ``copy_row`` s; ``derived`` per position, or None for none at all."""
+    return [
+        copy_row(p, d) for p, d in zip(positions, derived or [None] * len(positions), strict=True)
+    ]
+
+
 def position_row(p: Position, derived: str | None = None) -> tuple[Any, ...]:
     """The same row for a parameterised query: JSON columns as text (cast them to jsonb)."""
     *head, attributes, received_at, _ = copy_row(p)
@@ -245,10 +254,7 @@ class PositionStore:
     ) -> AbstractSet[tuple[str, datetime]]:
         """Insert a batch; returns the keys that were new (the rest were already stored).
         ``derived``: each position's ``derived`` column as JSON (UTF-8), or None."""
-        rows = [
-            copy_row(p, d)
-            for p, d in zip(positions, derived or [None] * len(positions), strict=True)
-        ]
+        rows = copy_rows(positions, derived)
         await self.session.connect()
         direct = self.direct and self._staged_left == 0
         if direct:
