@@ -498,11 +498,14 @@ def _cpu(
     return out
 
 
-def copy_ceiling(sb: Sandbox, records: int, devices: int, seed: int = 1) -> float:
-    """The bench's single binary COPY of the same kind of rows (rows/s), for ratios."""
+def copy_ceiling(
+    sb: Sandbox, records: int, devices: int, seed: int = 1, *, domain: bool = True
+) -> float:
+    """The bench's single binary COPY of the same kind of rows (rows/s), for ratios;
+    ``domain``: the rows carry ``derived``, as a processor with the race domain on stores."""
     from bench.run import _copy_variants, copy_rows, time_copy
 
-    rows = copy_rows(Fleet.create(devices, records * 4, seed).take(records))
+    rows = copy_rows(Fleet.create(devices, records * 4, seed).take(records), domain)
     fn = _copy_variants(1000)["single_binary"][1]
     seconds, _ = time_copy(sb.url, rows, "single_binary", fn)
     return rate(records, seconds)

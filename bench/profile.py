@@ -48,6 +48,7 @@ from bench.harness import (
     prefill_devices,
     write_json,
 )
+from bench.run import domain_enabled
 
 # Leaf frames that mean "the thread is waiting for I/O or a timer": idle, not work.
 _IDLE_LEAF_FUNCS = ("get_events", "select", "poll")
@@ -254,7 +255,9 @@ def run(args: argparse.Namespace) -> int:
             fields = race_fields(max(1, args.records // 1000))
         else:
             _, fields = fleet_fields(args.records, args.devices)
-        result["copy_ceiling_records_per_s"] = copy_ceiling(sb, args.records, args.devices)
+        result["copy_ceiling_records_per_s"] = copy_ceiling(
+            sb, args.records, args.devices, domain=domain_enabled(env)
+        )
         result["unprofiled"] = sb.drain(
             fields, env, label="unprofiled", prepare=prepare, live=args.live
         )

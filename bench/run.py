@@ -53,13 +53,16 @@ from processor import config as processor_config
 from processor import native
 from processor.core.codec import decode, encode, stored_json
 from processor.core.model import Position
+from processor.domain.io_mapping import DEFAULT_MAPPING
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 
 # The columns the processor writes. The bench builds rows itself (the processor's write path
 # is free to change); what keeps the comparison fair is the check that the processor stores
-# byte-identical rows to the COPY reference (``ROWS_DIGEST``).
+# byte-identical rows to the COPY reference (``ROWS_DIGEST``), ``derived`` included: with
+# the race domain on (the default) the processor stores each fix's named IO attributes
+# too, so the references must store them as well or they would be timed on lighter rows.
 COLUMNS = (
     "device_id",
     "ts",
@@ -74,6 +77,7 @@ COLUMNS = (
     "fix_valid",
     "attributes",
     "received_at",
+    "derived",
 )
 COPY_TYPES = (
     "text",
@@ -89,6 +93,7 @@ COPY_TYPES = (
     "bool",
     "jsonb",
     "timestamptz",
+    "jsonb",
 )
 COPY_SQL = f"COPY positions ({', '.join(COLUMNS)}) FROM STDIN"
 COPY_BINARY_SQL = COPY_SQL + " (FORMAT BINARY)"
@@ -217,17 +222,34 @@ class Fleet:
         return out
 
 
-def position_row(p: Position) -> tuple[Any, ...]:
-    """The ``positions`` row the processor stores for a position, in ``COLUMNS`` order."""
+def position_row(p: Position, derived: bytes | None) -> tuple[Any, ...]:
+    """The ``positions`` row the processor stores for a position, in ``COLUMNS`` order;
+    ``derived`` as ``derive`` gives it."""
     return (
         p.device_id, p.ts, p.latitude, p.longitude, p.altitude, p.heading, p.speed,
         p.satellites, p.priority, p.event_io_id, p.fix_valid, stored_json(p.attributes).decode(),
-        p.received_at,
+        p.received_at, None if derived is None else derived.decode(),
     )  # fmt: skip
 
 
-def copy_rows(positions: Sequence[Position]) -> list[tuple[Any, ...]]:
-    return [position_row(p) for p in positions]
+def derive(positions: Sequence[Position], domain: bool) -> list[bytes | None]:
+    """Each position's ``derived`` column as the processor stores it: the default
+    Teltonika IO mapping (the bench's devices have no model in Directus) with the race
+    domain on, nothing with it off."""
+    if not domain:
+        return [None] * len(positions)
+    return DEFAULT_MAPPING.apply_json([p.attributes for p in positions])
+
+
+def domain_enabled(processor_env: dict[str, str]) -> bool:
+    """Whether a processor with these settings (over the defaults) stores ``derived``."""
+    variable = next(v for v in processor_config.VARIABLES if v.env == "DOMAIN_ENABLED")
+    return bool(variable.parse(processor_env.get(variable.env, variable.default_text())))
+
+
+def copy_rows(positions: Sequence[Position], domain: bool) -> list[tuple[Any, ...]]:
+    """The rows a processor stores for ``positions``, with the race domain on or off."""
+    return [position_row(p, d) for p, d in zip(positions, derive(positions, domain), strict=True)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,7 +619,7 @@ CopyFn = Callable[[psycopg.Connection[Any], list[tuple[Any, ...]]], None]
 
 
 def _copy_variants(batch: int) -> dict[str, tuple[str, CopyFn]]:
-    jsonb_index = COLUMNS.index("attributes")
+    jsonb_columns = [i for i, kind in enumerate(COPY_TYPES) if kind == "jsonb"]
 
     def batched(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
         with conn.cursor() as cur:
@@ -618,10 +640,9 @@ def _copy_variants(batch: int) -> dict[str, tuple[str, CopyFn]]:
             copy.set_types(list(COPY_TYPES))
             for row in rows:
                 values = list(row)
-                # Already JSON text: pass it through as is.
-                values[jsonb_index] = psycopg.types.json.Jsonb(
-                    values[jsonb_index], dumps=lambda s: s
-                )
+                for i in jsonb_columns:  # already JSON text: pass it through as is
+                    if values[i] is not None:
+                        values[i] = psycopg.types.json.Jsonb(values[i], dumps=lambda s: s)
                 copy.write_row(values)
         conn.commit()
 
@@ -851,9 +872,10 @@ def phase_latency(
 
 
 def phase_naive(
-    url: str, r: redis.Redis, prefix: str, fields: list[dict[bytes, bytes]]
+    url: str, r: redis.Redis, prefix: str, fields: list[dict[bytes, bytes]], domain: bool
 ) -> dict[str, Any]:
-    """XREADGROUP COUNT 1, decode, INSERT, XACK: one record at a time."""
+    """XREADGROUP COUNT 1, decode, INSERT, XACK: one record at a time (the same row as
+    the processor's, ``derived`` included when ``domain``)."""
     n = len(fields)
     stream, group = f"{prefix}:naive", "naive"
     truncate(url)
@@ -872,7 +894,7 @@ def phase_naive(
                 continue
             for entry_id, entry_fields in reply[0][1]:  # type: ignore[index]
                 p = decode(entry_fields, now=datetime.now(UTC), future_tolerance_s=600)
-                conn.execute(NAIVE_INSERT, position_row(p))
+                conn.execute(NAIVE_INSERT, position_row(p, derive([p], domain)[0]))
                 r.xack(stream, group, entry_id)
                 done += 1
         seconds = time.perf_counter() - started
@@ -1201,7 +1223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fleet = Fleet.create(args.devices, total, args.seed)
         positions = fleet.take(args.records)
         fields = [encode(p) for p in positions]
-        rows = copy_rows(positions)
+        domain = domain_enabled(args.processor_env)
+        rows = copy_rows(positions, domain)
         del positions
         log(
             f"generated {args.records} records for {args.devices} devices in "
@@ -1213,7 +1236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args, url, r, prefix, fleet, fields, result["copy"]["rows_md5"]
         )
         phase_copy_again(url, rows, args.batch, result["copy"])
-        result["naive"] = phase_naive(url, r, prefix, fields[: args.naive_records])
+        result["naive"] = phase_naive(url, r, prefix, fields[: args.naive_records], domain)
     finally:
         if args.keep:
             log(f"kept database {db_name} and stream keys {prefix}:*")

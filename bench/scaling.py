@@ -45,12 +45,14 @@ from bench.harness import (
     spread,
     write_json,
 )
+from bench.run import domain_enabled
 
 TARGET_RATIO = 1.6
 
 
 def run(args: argparse.Namespace) -> int:
     env = parse_env(args.processor_env)
+    domain = domain_enabled(env)
     runs: list[dict[str, Any]] = []
     result: dict[str, Any] = {
         "machine": machine(),
@@ -74,13 +76,13 @@ def run(args: argparse.Namespace) -> int:
                 conn.execute("ALTER TABLE positions SET UNLOGGED")
         sb.null_sink = args.null_sink
         _, fields = fleet_fields(args.records, args.devices)
-        ceilings = [copy_ceiling(sb, args.records, args.devices)]
+        ceilings = [copy_ceiling(sb, args.records, args.devices, domain=domain)]
         for k in range(args.rounds):
             order = (1, 2) if k % 2 == 0 else (2, 1)
             for n in order:
                 r = sb.drain(fields, env, instances=n, label=f"scale{n}")
                 runs.append({"round": k, **r})
-        ceilings.append(copy_ceiling(sb, args.records, args.devices))
+        ceilings.append(copy_ceiling(sb, args.records, args.devices, domain=domain))
     result["copy_ceiling_records_per_s"] = sum(ceilings) / len(ceilings)
     one = [r for r in runs if r["instances"] == 1]
     two = [r for r in runs if r["instances"] == 2]
