@@ -18,9 +18,10 @@ from processor.core.codec import stored_json
 
 # Rule kinds as the loop tests them.
 NUMBER: Final = 0
-SCALED: Final = 1  # a number with a scale other than 1
+SCALED: Final = 1  # a number times its scale
 BOOL: Final = 2
 BYTES: Final = 3
+DIVIDED: Final = 4  # a number divided by a whole number (``io_mapping.step``)
 
 
 def hex_text(value: Any) -> str:
@@ -31,21 +32,24 @@ def hex_text(value: Any) -> str:
 
 
 class Plan:
-    """One mapping's rules as parallel lists: IO key, name, scale and kind per rule.
-    Scales stay Python floats (``Any``): unboxed, each product would box a new one."""
+    """One mapping's rules as parallel lists: IO key, name, operand and kind per rule
+    (``io_mapping.step``). Operands stay Python objects (``Any``): unboxed, each result
+    would box a new one."""
 
-    def __init__(self, keys: list[str], names: list[str], scales: list[Any], kinds: list[int]):
+    def __init__(
+        self, keys: list[str], names: list[str], operands: list[Any], kinds: list[int]
+    ) -> None:
         self.keys = keys
         self.names = names
-        self.scales = scales
+        self.operands = operands
         self.kinds = kinds
 
 
 def apply_json(plan: Plan, bags: list[dict[str, Any]]) -> list[bytes | None]:
     """Per bag, the named attributes as stored JSON (``stored_json``), or None when no
     rule's IO element is present. The same rules as ``io_mapping._RULE_CODE``: a number
-    rule skips a buffer, a scaled rule skips an integer beyond a float's range."""
-    keys, names, scales, kinds = plan.keys, plan.names, plan.scales, plan.kinds
+    rule skips a buffer, a scaled rule skips a value whose result no float holds."""
+    keys, names, operands, kinds = plan.keys, plan.names, plan.operands, plan.kinds
     rules = range(len(keys))
     result: list[bytes | None] = []
     for bag in bags:
@@ -58,10 +62,16 @@ def apply_json(plan: Plan, bags: list[dict[str, Any]]) -> list[bytes | None]:
             if kind == NUMBER:
                 if type(value) is not bytes:
                     out[names[i]] = value
-            elif kind == SCALED:
+            elif kind == DIVIDED:
                 if type(value) is not bytes:
                     try:  # noqa: SIM105 (suppress() would be a context manager per value)
-                        out[names[i]] = value * scales[i]
+                        out[names[i]] = value / operands[i]
+                    except OverflowError:
+                        pass
+            elif kind == SCALED:
+                if type(value) is not bytes:
+                    try:  # noqa: SIM105
+                        out[names[i]] = value * operands[i]
                     except OverflowError:
                         pass
             elif kind == BOOL:

@@ -36,7 +36,8 @@ class InvalidMapping(ValueError):
 
 @attrs.frozen(slots=True)
 class IoRule:
-    """One IO element: raw value at key ``io_id`` times ``scale`` becomes ``name``."""
+    """One IO element: raw value at key ``io_id`` times ``scale`` becomes ``name``
+    (``step`` says how the product is computed)."""
 
     io_id: int
     name: str
@@ -72,27 +73,54 @@ TELTONIKA_DEFAULTS: tuple[IoRule, ...] = (
 )
 
 
-# One rule's lines in a compiled ``apply`` (``{i}``: the rule's constants K, N, S). A
-# number rule skips a buffer value: the model table is wrong then, not the fix. A scaled
-# rule skips an integer beyond a float's range (a contract ``__bigint`` may have hundreds
-# of digits): there is no float to scale, and the exact value stays in ``attributes``.
-_RULE_CODE = {
-    ("number", False): """
+Step = Literal["number", "scaled", "divided", "bool", "bytes"]
+
+
+def step(rule: IoRule) -> tuple[Step, Any]:
+    """How a rule computes its value, and the operand: a number rule whose scale is one
+    over a whole number (0.001, 0.1, 0.05, 1e-9) divides by that number instead of
+    multiplying by the scale. 14120 * 0.001 is 14.120000000000001 (0.001 has no exact
+    binary form), 14120 / 1000 is 14.12: Python's division is correctly rounded, so the
+    stored and broadcast value is the float nearest the decimal result, written the way
+    a person reads it."""
+    if rule.kind != "number":
+        return rule.kind, None
+    if rule.scale == 1.0:
+        return "number", None
+    whole = round(1.0 / rule.scale)  # 1 / 1e-9 is 999999999.9999999: round, then check
+    if 2 <= abs(whole) <= 2**53 and 1.0 / whole == rule.scale:
+        return "divided", whole
+    return "scaled", rule.scale
+
+
+# One rule's lines in a compiled ``apply`` (``{i}``: the rule's constants K, N, S; S is
+# ``step``'s operand). A number rule skips a buffer value: the model table is wrong then,
+# not the fix. A scaled rule skips a value whose result no float holds (a contract
+# ``__bigint`` may have hundreds of digits): the exact value stays in ``attributes``.
+_RULE_CODE: dict[Step, str] = {
+    "number": """
     v = get(K{i})
     if v is not None and v.__class__ is not bytes:
         out[N{i}] = v""",
-    ("number", True): """
+    "scaled": """
     v = get(K{i})
     if v is not None and v.__class__ is not bytes:
         try:
             out[N{i}] = v * S{i}
         except OverflowError:
             pass""",
-    ("bool", False): """
+    "divided": """
+    v = get(K{i})
+    if v is not None and v.__class__ is not bytes:
+        try:
+            out[N{i}] = v / S{i}
+        except OverflowError:
+            pass""",
+    "bool": """
     v = get(K{i})
     if v is not None:
         out[N{i}] = any(v) if v.__class__ is bytes else v != 0""",
-    ("bytes", False): """
+    "bytes": """
     v = get(K{i})
     if v is not None:
         out[N{i}] = hex_text(v)""",
@@ -133,11 +161,11 @@ def _compile(rules: tuple[IoRule, ...], *, batch: bool = True) -> tuple[Any, Any
     namespace["stored_json"] = stored_json
     body: list[str] = []
     for i, rule in enumerate(rules):
+        how, operand = step(rule)
         namespace[f"K{i}"], namespace[f"N{i}"], namespace[f"S{i}"] = (
-            str(rule.io_id), rule.name, rule.scale
+            str(rule.io_id), rule.name, operand
         )  # fmt: skip
-        scaled = rule.kind == "number" and rule.scale != 1.0
-        body.append(_RULE_CODE[(rule.kind, scaled)].format(i=i))
+        body.append(_RULE_CODE[how].format(i=i))
     one = ["def apply(attributes):", "    get = attributes.get", "    out = {}", *body]
     one.append("    return out or None")
     source = "\n".join(one)
@@ -150,15 +178,19 @@ def _compile(rules: tuple[IoRule, ...], *, batch: bool = True) -> tuple[Any, Any
 
 def plan(rules: tuple[IoRule, ...]) -> io_apply.Plan:
     """The rules as ``io_apply`` loops over them."""
-    kinds = {"number": io_apply.NUMBER, "bool": io_apply.BOOL, "bytes": io_apply.BYTES}
+    kinds = {
+        "number": io_apply.NUMBER,
+        "scaled": io_apply.SCALED,
+        "divided": io_apply.DIVIDED,
+        "bool": io_apply.BOOL,
+        "bytes": io_apply.BYTES,
+    }
+    steps = [step(r) for r in rules]
     return io_apply.Plan(
         [str(r.io_id) for r in rules],
         [r.name for r in rules],
-        [r.scale for r in rules],
-        [
-            io_apply.SCALED if r.kind == "number" and r.scale != 1.0 else kinds[r.kind]
-            for r in rules
-        ],
+        [operand for _, operand in steps],
+        [kinds[how] for how, _ in steps],
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -36,13 +37,47 @@ def test_defaults_scale_and_name_teltonika_elements() -> None:
         "ignition": True,
         "movement": False,
         "gsm_signal": 4,
-        "external_voltage_v": pytest.approx(12.85),
-        "battery_voltage_v": pytest.approx(4.012),
-        "odometer_km": pytest.approx(123456.789),
+        "external_voltage_v": 12.85,
+        "battery_voltage_v": 4.012,
+        "odometer_km": 123456.789,
         "gnss_speed_kmh": 87,
-        "pdop": pytest.approx(1.2),
-        "hdop": pytest.approx(0.9),
+        "pdop": 1.2,
+        "hdop": 0.9,
     }
+
+
+def test_decimal_scales_give_the_value_a_person_reads() -> None:
+    """14120 mV is 14.12 V, stored and broadcast as ``14.12``: multiplied by 0.001 (which
+    has no exact binary form) it was 14.120000000000001."""
+    bag = {"66": 14120, "67": 4035, "181": 13, "16": 9007199897257492}
+    assert DEFAULT_MAPPING.apply(bag) == {
+        "external_voltage_v": 14.12,
+        "battery_voltage_v": 4.035,
+        "odometer_km": 9007199897257.492,
+        "pdop": 1.3,
+    }
+    (stored,) = DEFAULT_MAPPING.apply_json([bag])
+    assert stored is not None
+    assert b'"external_voltage_v":14.12,' in stored
+    assert b"0000000" not in stored
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-(2**63), 2**64 - 1) | st.sampled_from([10**30 + 1, -(10**309)]),
+    st.integers(1, 9),
+)
+def test_a_one_over_ten_scale_gives_the_float_nearest_the_exact_result(
+    value: int, digits: int
+) -> None:
+    """Whatever the raw integer, ``value * 10**-digits`` is the float nearest the exact
+    decimal (``float(Fraction)`` rounds correctly), in both forms the writer may run."""
+    rules = (IoRule(1, "x", float(f"1e-{digits}"), "number"),)
+    exact = float(Fraction(value, 10**digits))
+    assert IoMapping(rules).apply({"1": value}) == {"x": exact}
+    want = [stored_json({"x": exact})]
+    assert io_apply.apply_json(io_mapping.plan(rules), [{"1": value}]) == want
+    assert io_mapping._compile(rules)[1]([{"1": value}]) == want
 
 
 def test_nothing_mapped_is_none_and_bigints_stay_exact_when_unscaled() -> None:
@@ -143,9 +178,12 @@ def interpreted(rules: tuple[IoRule, ...], attributes: dict[str, Any]) -> dict[s
             if rule.scale == 1.0:
                 out[rule.name] = value
                 continue
+            # A scale of one over a whole number n is a division by n (0.001: / 1000).
+            n = round(1 / rule.scale)
+            whole = 2 <= abs(n) <= 2**53 and 1 / n == rule.scale
             try:
-                out[rule.name] = value * rule.scale
-            except OverflowError:  # an integer no float holds: nothing to scale
+                out[rule.name] = value / n if whole else value * rule.scale
+            except OverflowError:  # a result no float holds: nothing to scale
                 continue
         elif rule.kind == "bool":
             out[rule.name] = any(value) if isinstance(value, bytes) else value != 0
@@ -160,7 +198,7 @@ rule_lists = st.lists(
         IoRule,
         io_id=io_ids,
         name=st.sampled_from(["a", "b", "c", "x'y", '"; import os; "', "\\n"]),
-        scale=st.sampled_from([1.0, 0.001, -2.5, 10.0]),
+        scale=st.sampled_from([1.0, 0.001, 0.1, -0.05, -2.5, 10.0, 0.3]),
         kind=st.sampled_from(["number", "bool", "bytes"]),
     ),
     max_size=8,
