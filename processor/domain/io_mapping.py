@@ -87,9 +87,11 @@ def step(rule: IoRule) -> tuple[Step, Any]:
         return rule.kind, None
     if rule.scale == 1.0:
         return "number", None
-    whole = round(1.0 / rule.scale)  # 1 / 1e-9 is 999999999.9999999: round, then check
-    if 2 <= abs(whole) <= 2**53 and 1.0 / whole == rule.scale:
-        return "divided", whole
+    inverse = 1.0 / rule.scale  # inf for a subnormal scale
+    if 2.0 <= abs(inverse) <= 2.0**53:
+        whole = round(inverse)  # 1 / 1e-9 is 999999999.9999999: round, then check
+        if 1.0 / whole == rule.scale:
+            return "divided", whole
     return "scaled", rule.scale
 
 

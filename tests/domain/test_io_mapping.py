@@ -179,8 +179,9 @@ def interpreted(rules: tuple[IoRule, ...], attributes: dict[str, Any]) -> dict[s
                 out[rule.name] = value
                 continue
             # A scale of one over a whole number n is a division by n (0.001: / 1000).
-            n = round(1 / rule.scale)
-            whole = 2 <= abs(n) <= 2**53 and 1 / n == rule.scale
+            inverse = 1 / rule.scale
+            n = round(inverse) if 2 <= abs(inverse) <= 2**53 else 0
+            whole = n != 0 and 1 / n == rule.scale
             try:
                 out[rule.name] = value / n if whole else value * rule.scale
             except OverflowError:  # a result no float holds: nothing to scale
@@ -198,7 +199,7 @@ rule_lists = st.lists(
         IoRule,
         io_id=io_ids,
         name=st.sampled_from(["a", "b", "c", "x'y", '"; import os; "', "\\n"]),
-        scale=st.sampled_from([1.0, 0.001, 0.1, -0.05, -2.5, 10.0, 0.3]),
+        scale=st.sampled_from([1.0, 0.001, 0.1, -0.05, -2.5, 10.0, 0.3, 5e-324, 1e-300]),
         kind=st.sampled_from(["number", "bool", "bytes"]),
     ),
     max_size=8,
