@@ -43,16 +43,12 @@ from bench.harness import (
     print_table,
     write_json,
 )
+from bench.run import publish, redis_cpu_seconds
 from processor.core import bridge
 from processor.core.model import RawEntry
 from processor.core.redis_io import RedisStreams, _group_reply, c_packed
 
 Drain = Callable[[str, str, str, int, int], Awaitable[None]]
-
-
-def redis_cpu_s(r: redis.Redis) -> float:
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def drain_bridge(url: str, stream: str, group: str, n: int, count: int) -> None:
@@ -104,24 +100,19 @@ def run(url: str, records: int, count: int, rounds: int) -> dict[str, Any]:
     stream = f"bench:{uuid.uuid4().hex[:12]}:bridge"
     try:
         _, fields = fleet_fields(records, 5000)
-        pipe = r.pipeline(transaction=False)
-        for i, f in enumerate(fields, 1):
-            pipe.xadd(stream, f)  # type: ignore[arg-type]
-            if i % 1000 == 0:
-                pipe.execute()
-        pipe.execute()
+        publish(r, stream, fields)
         runs: dict[str, list[dict[str, float]]] = {"bridge": [], "thread": []}
         drains: dict[str, Drain] = {"bridge": drain_bridge, "thread": drain_thread}
         for k in range(rounds):
             order = ("bridge", "thread") if k % 2 == 0 else ("thread", "bridge")
             for name in order:
-                before = redis_cpu_s(r)
+                before = redis_cpu_seconds(r)
                 cpu, wall = trio.run(timed, drains[name], url, stream, f"{name}{k}", records, count)
                 runs[name].append(
                     {
                         "cpu_us_per_entry": cpu / records * 1e6,
                         "wall_us_per_entry": wall / records * 1e6,
-                        "redis_cpu_us_per_entry": (redis_cpu_s(r) - before) / records * 1e6,
+                        "redis_cpu_us_per_entry": (redis_cpu_seconds(r) - before) / records * 1e6,
                     }
                 )
                 print(f"round {k + 1} {name}: {runs[name][-1]['cpu_us_per_entry']:.2f} µs CPU")

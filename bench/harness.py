@@ -55,6 +55,7 @@ from bench.run import (
     processor_env,
     publish,
     rate,
+    redis_cpu_seconds,
     scrape_metrics,
     wait_drained,
 )
@@ -493,8 +494,7 @@ def _cpu(
     for p in beside:
         out["beside"] = cpu_seconds(p.pid) or 0.0
     out["postgres"] = sum(cpu_seconds(pid) or 0.0 for pid in backends)
-    info = r.info("cpu")
-    out["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    out["redis"] = redis_cpu_seconds(r)
     return out
 
 

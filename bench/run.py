@@ -292,6 +292,12 @@ def publish(
     return ids
 
 
+def redis_cpu_seconds(r: redis.Redis) -> float:
+    """CPU (user + system) the Redis server has used since it started."""
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])  # type: ignore[index]
+
+
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -540,8 +546,7 @@ class CpuSample:
     def take(cls, proc_pid: int, backend_pids: Sequence[int], r: redis.Redis) -> CpuSample:
         backends = [cpu_seconds(pid) for pid in backend_pids]
         try:
-            info = r.info("cpu")
-            redis_cpu = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])  # type: ignore[index]
+            redis_cpu: float | None = redis_cpu_seconds(r)
         except (redis.RedisError, KeyError, ValueError):
             redis_cpu = None
         return cls(
