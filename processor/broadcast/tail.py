@@ -25,7 +25,7 @@ import attrs
 import structlog
 import trio
 
-from processor.core.codec import decode, peek_device_id
+from processor.core.codec import decode_bounded, latest_accepted, peek_device_id
 from processor.core.errors import PoisonRecord
 from processor.core.follow import Follower
 from processor.core.model import Position
@@ -83,6 +83,7 @@ class StreamTail:
             if wanted is not None and not wanted:
                 continue  # the roster emptied during the read: nothing to broadcast
             now = datetime.now(UTC)
+            latest = latest_accepted(now, self.future_tolerance_s)
             burst: list[tuple[Position, str | None]] = []
             for _, entry_id, fields in entries:
                 if wanted is not None:
@@ -90,7 +91,7 @@ class StreamTail:
                     if device_id is not None and device_id not in wanted:
                         continue
                 try:
-                    position = decode(fields, now=now, future_tolerance_s=self.future_tolerance_s)
+                    position = decode_bounded(fields, now, self.future_tolerance_s, latest)
                 except PoisonRecord as exc:
                     self.log.debug(
                         "broadcast tail: poison record skipped", id=entry_id, error=str(exc)

@@ -48,7 +48,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import orjson
@@ -68,6 +68,7 @@ from processor.core.payload import FLOAT_MAX as _FLOAT_MAX
 from processor.core.payload import IO_ID_MAX as _IO_ID_MAX
 from processor.core.payload import Sentinel as _Sentinel
 from processor.core.payload import decode_payload as _decode_payload
+from processor.core.payload import payload_values as _payload_values
 
 # Largest integer a JavaScript number holds exactly; beyond it the producer must (and we
 # do) use the __bigint sentinel.
@@ -101,16 +102,45 @@ def decode(fields: Mapping[bytes, bytes], *, now: datetime, future_tolerance_s: 
 
     Raises only ``PoisonRecord`` subclasses, whatever ``fields`` holds.
     """
+    return decode_bounded(fields, now, future_tolerance_s, latest_accepted(now, future_tolerance_s))
+
+
+def decode_bounded(
+    fields: Mapping[bytes, bytes], now: datetime, future_tolerance_s: float, latest: datetime | None
+) -> Position:
+    """``decode`` with the future bound already taken (``latest_accepted``): readers
+    take it once per read, not once per record."""
     version = fields.get(b"v")
     if version is not None and version != b"1":
         raise UnknownVersion(f"v: {_show_raw(version)} is not a known contract version (1)")
     raw = fields.get(b"payload")
     if raw is None:
         raise MissingPayload("payload: the stream entry has no payload field")
-    position = _fast(raw, now, future_tolerance_s)
+    position = _fast(raw, latest) if latest is not None else None
     if position is not None:
         return position
     return _reference(raw, now, future_tolerance_s)
+
+
+def latest_accepted(now: datetime, future_tolerance_s: float) -> datetime | None:
+    """A fix time up to which the future-timestamp rule surely passes (None: none does).
+
+    The rule is ``(ts - now).total_seconds() > future_tolerance_s``; comparing each fix
+    with one bound instead costs a datetime comparison, not a subtraction and a float
+    conversion (~0.2 µs per record). ``timedelta`` rounds the tolerance to microseconds,
+    so the bound is stepped back until the rule itself accepts it: the fast path may
+    leave a fix within a microsecond of the boundary to the reference, never accept
+    one the reference rejects. A tolerance past ``datetime``'s range accepts every fix
+    (as does NaN, which the rule never exceeds), or none if it is negative.
+    """
+    try:
+        latest = now + timedelta(seconds=future_tolerance_s)
+    except (OverflowError, ValueError):
+        return None if future_tolerance_s < 0 else datetime.max.replace(tzinfo=UTC)
+    step = timedelta(microseconds=1)
+    while (latest - now).total_seconds() > future_tolerance_s:
+        latest -= step
+    return latest
 
 
 def decode_entries(
@@ -121,13 +151,14 @@ def decode_entries(
     One loop here rather than in the caller, so it runs compiled with ``decode``."""
     good: list[Entry] = []
     bad: list[tuple[RawEntry, PoisonRecord | None]] = []
+    latest = latest_accepted(now, future_tolerance_s)
     for item in raw:
         fields = item.fields
         if not fields:
             bad.append((item, None))
             continue
         try:
-            position = decode(fields, now=now, future_tolerance_s=future_tolerance_s)
+            position = decode_bounded(fields, now, future_tolerance_s, latest)
         except PoisonRecord as exc:
             bad.append((item, exc))
             continue
@@ -135,25 +166,41 @@ def decode_entries(
     return good, bad
 
 
-def _fast(raw: Any, now: datetime, future_tolerance_s: float) -> Position | None:
-    """The payload as a ``Position`` if it is plainly valid; None: ask ``_reference``."""
+def _fast(raw: Any, latest: datetime) -> Position | None:
+    """The payload as a ``Position`` if it is plainly valid and its fix time is not after
+    ``latest`` (``latest_accepted``); None: ask ``_reference``."""
     try:
         p = _decode_payload(raw)
     except Exception:  # untrusted input, any parser failure: the reference path decides
         return None
-    device_id = p.device_id
+    # All fields in one C call: an attribute read on a Struct from compiled code is a
+    # generic lookup through the type (~150 instructions), a tuple index is not.
+    (
+        device_id,
+        timestamp,
+        latitude,
+        longitude,
+        altitude,
+        angle,
+        satellites,
+        speed,
+        priority,
+        event_io_id,
+        attributes,
+        received_text,
+        codec,
+    ) = _payload_values(p)
     if not _device_id_ok(device_id):
         return None
-    ts = _fast_instant(p.timestamp)
-    if ts is None or (ts - now).total_seconds() > future_tolerance_s:
+    ts = _fast_instant(timestamp)
+    if ts is None or ts > latest:
         return None
     received_at = None
-    if p.received_at is not None:
-        received_at = _fast_instant(p.received_at)
+    if received_text is not None:
+        received_at = _fast_instant(received_text)
         if received_at is None:
             return None
-    attributes: dict[str, Any] = p.attributes  # sentinels become int / bytes below
-    sentinels: list[str] | None = None
+    sentinels: list[str] | None = None  # sentinels become int / bytes below
     for key, value in attributes.items():
         if not (key.isdigit() and key.isascii()):
             return None
@@ -171,22 +218,22 @@ def _fast(raw: Any, now: datetime, future_tolerance_s: float) -> Position | None
             if value is None:
                 return None
             attributes[key] = value
-    latitude, longitude, satellites = p.latitude, p.longitude, p.satellites
+    # Positional: matching 14 keywords costs ~900 instructions per record in msgspec.
     return Position(
-        device_id=device_id,
-        ts=ts,
-        latitude=latitude,
-        longitude=longitude,
-        altitude=p.altitude,
-        heading=p.angle,
-        speed=p.speed,
-        satellites=satellites,
-        priority=p.priority,
-        event_io_id=p.event_io_id,
-        fix_valid=not (latitude == 0 and longitude == 0 and satellites == 0),
-        attributes=attributes,
-        received_at=received_at,
-        codec=p.codec,
+        device_id,
+        ts,
+        latitude,
+        longitude,
+        altitude,
+        angle,  # heading
+        speed,
+        satellites,
+        priority,
+        event_io_id,
+        not (latitude == 0 and longitude == 0 and satellites == 0),  # fix_valid
+        attributes,
+        received_at,
+        codec,
     )
 
 
@@ -220,6 +267,7 @@ def _fast_instant(text: str) -> datetime | None:
     the regex would (digits, ranges), at half the cost of matching the regex first
     (two timestamps per record). ``tests/unit/test_codec.py`` holds it to ``_shaped_instant``.
     """
+    # The separators at 4, 7, 10, 13, 16 and 19 in one slice: a sixth of the indexing.
     if (
         len(text) == 24
         and text[23] == "Z"

@@ -122,12 +122,12 @@ async def test_records_of_devices_no_event_enters_are_skipped_before_decoding(
     sync_redis.xadd(stream, encode(make_position("before", second=0)))  # type: ignore[arg-type]
     decoded: list[str] = []
 
-    def counting_decode(fields: Any, **kwargs: Any) -> Position:
-        position = codec.decode(fields, **kwargs)
+    def counting_decode(fields: Any, *args: Any) -> Position:
+        position = codec.decode_bounded(fields, *args)
         decoded.append(position.device_id)
         return position
 
-    monkeypatch.setattr(tail_module, "decode", counting_decode)
+    monkeypatch.setattr(tail_module, "decode_bounded", counting_decode)
     entered: set[str] = set()
     published: list[str] = []
     client = await RedisStreams.connect(settings.redis_url)

@@ -36,6 +36,9 @@ from processor.core.model import Position, evolve
 
 NOW = datetime(2026, 5, 12, 9, 35, 0, tzinfo=UTC)
 TOLERANCE_S = 600.0
+_latest = codec.latest_accepted(NOW, TOLERANCE_S)
+assert _latest is not None
+LATEST = _latest
 
 # Verbatim from the contract.
 EXAMPLE_PAYLOAD = b"""{
@@ -340,6 +343,56 @@ def test_received_at_is_not_subject_to_the_future_rule() -> None:
     assert decode_payload(with_field("received_at", later)).received_at == NOW + timedelta(days=2)
 
 
+def _rule_passes(ts: datetime, now: datetime, tolerance_s: float) -> bool:
+    """The future-timestamp rule as the reference path states it."""
+    return not (ts - now).total_seconds() > tolerance_s
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    ),
+    st.floats(min_value=-1e7, max_value=1e7) | st.sampled_from([0.0, 5e-7, 1.5e-6, 600.0]),
+    st.integers(min_value=-3, max_value=3),
+)
+def test_the_fast_paths_future_bound_is_the_rule_to_the_microsecond(
+    now: datetime, tolerance_s: float, offset_us: int
+) -> None:
+    # Every fix up to the bound passes the rule (the fast path is never looser), and
+    # the bound is at most a microsecond short of the rule's own boundary.
+    latest = codec.latest_accepted(now, tolerance_s)
+    assert latest is not None
+    ts = latest + timedelta(microseconds=offset_us)
+    if offset_us <= 0:
+        assert _rule_passes(ts, now, tolerance_s)
+    elif offset_us >= 2:
+        assert not _rule_passes(ts, now, tolerance_s)
+
+
+@pytest.mark.parametrize(
+    ("tolerance_s", "accepts"),
+    [(float("inf"), "every"), (float("nan"), "every"), (1e300, "every"), (float("-inf"), "none")],
+)
+def test_a_tolerance_beyond_the_calendar_bounds_every_fix_or_none(
+    tolerance_s: float, accepts: str
+) -> None:
+    latest = codec.latest_accepted(NOW, tolerance_s)
+    if accepts == "none":
+        assert latest is None
+        assert not _rule_passes(datetime.min.replace(tzinfo=UTC), NOW, tolerance_s)
+    else:
+        assert latest == datetime.max.replace(tzinfo=UTC)
+        assert _rule_passes(latest, NOW, tolerance_s)
+
+
+def test_a_record_past_a_negative_tolerance_is_poison_by_the_reference() -> None:
+    raw = {b"payload": json.dumps(with_field("timestamp", "2026-05-12T09:30:00.000Z")).encode()}
+    with pytest.raises(FutureTimestamp):
+        codec.decode(raw, now=NOW, future_tolerance_s=float("-inf"))
+    assert codec.decode(raw, now=NOW, future_tolerance_s=-299.0).ts < NOW
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -567,7 +620,7 @@ def paths_agree(raw: Any) -> Position | None:
     """The fast path either gives up or decodes exactly what the reference path does
     (types of attribute values included); it never accepts what the reference rejects.
     Returns the fast path's result."""
-    fast = codec._fast(raw, NOW, TOLERANCE_S)
+    fast = codec._fast(raw, LATEST)
     try:
         reference: Position | None = codec._reference(raw, NOW, TOLERANCE_S)
     except PoisonRecord:
@@ -850,7 +903,7 @@ def test_a_non_ascii_digit_is_never_taken_for_an_ascii_one(field: str, escaped: 
         payload["attributes"]["78"] = {"__bigint": "9" * 20 + digit}
     raw = json.dumps(payload, ensure_ascii=escaped).encode()
     assert (b"\\u0661" in raw) == escaped
-    assert codec._fast(raw, NOW, TOLERANCE_S) is None
+    assert codec._fast(raw, LATEST) is None
     with pytest.raises(PoisonRecord):
         codec._reference(raw, NOW, TOLERANCE_S)
 
@@ -875,5 +928,5 @@ def test_device_id_shortcut_agrees_with_the_regex(device_id: str) -> None:
 )
 def test_the_fast_path_leaves_doubtful_attributes_to_the_reference(key: str, value: Any) -> None:
     raw = json.dumps(with_attribute(key, value)).encode()
-    assert codec._fast(raw, NOW, TOLERANCE_S) is None
+    assert codec._fast(raw, LATEST) is None
     paths_agree(raw)
