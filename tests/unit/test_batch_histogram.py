@@ -54,7 +54,8 @@ def test_values_on_a_bound_count_in_that_bucket() -> None:
 
 
 @given(
-    st.lists(st.tuples(st.integers(0, 2**45), st.integers(0, 2**20))),
+    # Few distinct ms values too, so runs of ids from one millisecond (shared age) occur.
+    st.lists(st.tuples(st.integers(0, 2**45) | st.integers(99, 101), st.integers(0, 2**20))),
     st.floats(min_value=0, max_value=2**36),
 )
 def test_ages_since_xadd_are_the_entry_ids_clock_to_now(
