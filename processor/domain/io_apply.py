@@ -50,11 +50,11 @@ def apply_json(plan: Plan, bags: list[dict[str, Any]]) -> list[bytes | None]:
     rule's IO element is present. The same rules as ``io_mapping._RULE_CODE``: a number
     rule skips a buffer, a scaled rule skips a value whose result no float holds."""
     keys, names, operands, kinds = plan.keys, plan.names, plan.operands, plan.kinds
-    rules = range(len(keys))
+    n = len(keys)
     result: list[bytes | None] = []
     for bag in bags:
         out: dict[str, Any] = {}
-        for i in rules:
+        for i in range(n):  # a native loop: over a range object it iterates generically
             value = bag.get(keys[i])
             if value is None:
                 continue
