@@ -33,6 +33,7 @@ from processor.core.errors import (
     UnknownVersion,
 )
 from processor.core.model import Position, evolve
+from processor.core.payload import Payload
 
 NOW = datetime(2026, 5, 12, 9, 35, 0, tzinfo=UTC)
 TOLERANCE_S = 600.0
@@ -341,6 +342,22 @@ def test_received_at_is_not_subject_to_the_future_rule() -> None:
     # The rule protects partitions and "last position", both keyed on the fix time.
     later = (NOW + timedelta(days=2)).isoformat()
     assert decode_payload(with_field("received_at", later)).received_at == NOW + timedelta(days=2)
+
+
+def test_the_fast_path_relies_on_the_structs_field_order() -> None:
+    # ``_fast`` unpacks ``payload_values`` and builds ``Position`` by position: a field
+    # added or moved in either struct must be mirrored there (the property tests would
+    # then also see the two paths disagree).
+    assert Payload.__struct_fields__ == (
+        "device_id", "timestamp", "latitude", "longitude", "altitude", "angle",
+        "satellites", "speed", "priority", "event_io_id", "attributes", "received_at",
+        "codec",
+    )  # fmt: skip
+    assert Position.__struct_fields__ == (
+        "device_id", "ts", "latitude", "longitude", "altitude", "heading", "speed",
+        "satellites", "priority", "event_io_id", "fix_valid", "attributes", "received_at",
+        "codec",
+    )  # fmt: skip
 
 
 def _rule_passes(ts: datetime, now: datetime, tolerance_s: float) -> bool:
