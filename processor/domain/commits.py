@@ -37,7 +37,10 @@ def to_time(
     """The entries of a committed batch that timing must see: newly inserted (a
     duplicate's first delivery was timed already), with a GPS fix, of an entered device.
     The inline observer hands their positions to the worker; a ``TIMING=publish``
-    pipeline publishes their payloads to the timing instance."""
+    pipeline publishes their payloads to the timing instance. With no device entered
+    (no race loaded) nothing is: the batch is not walked (~0.2 µs per record)."""
+    if not entered:
+        return []
     return [
         e
         for e, o in zip(entries, outcomes, strict=True)

@@ -13,7 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits
+from processor.core.model import Entry, Outcome
+from processor.domain.commits import DEFER_UNDER_BACKLOG_S, Commits, to_time
+from tests.helpers import make_position
 
 FULL = 100
 
@@ -61,3 +63,20 @@ async def test_waiting_work_goes_on_when_the_backlog_drains_or_the_wait_is_over(
     await commits.wait_for_turn()  # the writer stalled mid-backlog: bounded
     assert trio.current_time() - started == pytest.approx(DEFER_UNDER_BACKLOG_S, abs=0.1)
     assert commits.worker_turn
+
+
+def test_timing_sees_new_fixes_of_entered_devices_only() -> None:
+    # Inserted, with a GPS fix, of an entered device: what the worker (or a timing
+    # instance) is handed. With no device entered, nothing, whatever was inserted.
+    entries = [
+        Entry("1-0", make_position("a", 1)),
+        Entry("1-1", make_position("a", 2)),  # a duplicate: its first delivery was timed
+        Entry("1-2", make_position("b", 3)),  # not entered
+        Entry("1-3", make_position("a", 4, fix_valid=False)),  # no GPS fix
+        Entry("1-4", make_position("a", 5)),
+    ]
+    outcomes = [
+        Outcome.INSERTED, Outcome.DUPLICATE, Outcome.INSERTED, Outcome.INSERTED, Outcome.INSERTED
+    ]  # fmt: skip
+    assert [e.entry_id for e in to_time(entries, outcomes, {"a"})] == ["1-0", "1-4"]
+    assert to_time(entries, outcomes, set()) == []
