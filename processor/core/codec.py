@@ -92,6 +92,10 @@ _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 # Digits a __bigint may have on the fast path: far below Python's int-from-str limit.
 _FAST_DIGITS: Final = 1000
+# The calendar's whole span in seconds: a future tolerance this large (or infinite)
+# accepts, or if negative rejects, every fix there can be (``latest_accepted``).
+_CALENDAR_S: Final = (datetime.max - datetime.min).total_seconds()
+_LAST_INSTANT: Final = datetime.max.replace(tzinfo=UTC)
 
 
 def decode(fields: Mapping[bytes, bytes], *, now: datetime, future_tolerance_s: float) -> Position:
@@ -133,10 +137,12 @@ def latest_accepted(now: datetime, future_tolerance_s: float) -> datetime | None
     one the reference rejects. A tolerance past ``datetime``'s range accepts every fix
     (as does NaN, which the rule never exceeds), or none if it is negative.
     """
+    if not abs(future_tolerance_s) < _CALENDAR_S:  # infinite, NaN or past the calendar
+        return None if future_tolerance_s < 0 else _LAST_INSTANT
     try:
         latest = now + timedelta(seconds=future_tolerance_s)
-    except (OverflowError, ValueError):
-        return None if future_tolerance_s < 0 else datetime.max.replace(tzinfo=UTC)
+    except OverflowError:  # ``now`` near the calendar's end
+        return None if future_tolerance_s < 0 else _LAST_INSTANT
     step = timedelta(microseconds=1)
     while (latest - now).total_seconds() > future_tolerance_s:
         latest -= step

@@ -32,7 +32,7 @@ import trio
 from prometheus_client import Counter
 
 from processor.core.appender import AppendingPlugin, StreamAppender
-from processor.core.codec import decode
+from processor.core.codec import decode_bounded, latest_accepted
 from processor.core.errors import PoisonRecord
 from processor.core.follow import Follower
 from processor.core.model import Entry, Outcome, Position
@@ -141,6 +141,8 @@ class CommittedTail:
         while True:
             entries = await follower.read()
             now = datetime.now(UTC)
+            # It passed the future rule at commit; a clock step here must not fail it now.
+            latest = latest_accepted(now, math.inf)
             positions: list[Position] = []
             for _, entry_id, fields in entries:
                 try:
@@ -151,10 +153,8 @@ class CommittedTail:
                     continue
                 for payload in payloads:
                     try:
-                        # It passed the future rule at commit; a clock step here must
-                        # not fail it now.
                         positions.append(
-                            decode({b"payload": payload}, now=now, future_tolerance_s=math.inf)
+                            decode_bounded({b"payload": payload}, now, math.inf, latest)
                         )
                     except PoisonRecord as exc:
                         self.skipped.inc()

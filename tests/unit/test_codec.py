@@ -403,6 +403,14 @@ def test_a_tolerance_beyond_the_calendar_bounds_every_fix_or_none(
         assert _rule_passes(latest, NOW, tolerance_s)
 
 
+def test_a_clock_at_the_calendars_end_bounds_nothing_it_cannot_represent() -> None:
+    end = datetime.max.replace(tzinfo=UTC)
+    now = end - timedelta(seconds=1)
+    assert codec.latest_accepted(now, 600.0) == end  # now + 600 s is past year 9999
+    assert _rule_passes(end, now, 600.0)
+    assert codec.latest_accepted(now, -600.0) == now - timedelta(seconds=600)
+
+
 def test_a_record_past_a_negative_tolerance_is_poison_by_the_reference() -> None:
     raw = {b"payload": json.dumps(with_field("timestamp", "2026-05-12T09:30:00.000Z")).encode()}
     with pytest.raises(FutureTimestamp):
