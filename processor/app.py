@@ -363,6 +363,7 @@ class App:
                 log=self.log,
                 retry=retry,
                 pacer=ReadPacer(s.read_pace_ms / 1000),
+                read_ahead=s.read_ahead,
             ).run,
             entries_send,
             dead_send,

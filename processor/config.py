@@ -43,6 +43,7 @@ class Settings:
     read_count: int
     block_ms: int
     read_pace_ms: int
+    read_ahead: int
     batch_max: int
     writers: int
     batch_linger_ms: int
@@ -287,6 +288,16 @@ VARIABLES: tuple[Variable, ...] = (
         "After a read that got fewer than READ_COUNT entries, the consumer waits this"
         " long before the next: a steady feed is read in tens of entries per call, not"
         " one per XADD. 0: read again at once.",
+    ),
+    Variable(
+        "READ_AHEAD",
+        "read_ahead",
+        "2",
+        _int_range(0, 8),
+        "an integer 0-8",
+        "While a backlog drains (reads come back full), this many more XREADGROUPs are"
+        " kept in flight, so Redis serves the next reads while one is decoded. 0: one"
+        " read at a time.",
     ),
     Variable(
         "BATCH_MAX",

@@ -9,7 +9,8 @@ block in Redis, but the loop runs in a read scope that shutdown cancels, and the
 cancels the in-flight ``XREADGROUP`` with it: no new reads after the signal.
 
 Under a steady feed reads are spaced by ``READ_PACE_MS`` (``read_pacing``), so entries
-are read in tens per call instead of one per XADD.
+are read in tens per call instead of one per XADD; while a backlog drains, the next
+``READ_AHEAD`` reads are already in flight when a read returns (``read_ahead``).
 
 Backpressure: the write channel is bounded; when the writer is behind, ``send`` blocks
 and the consumer simply does not read, so entries wait in Redis, not in our memory.
@@ -29,7 +30,7 @@ from processor.core.messages import DeadLetter
 from processor.core.metrics import Metrics
 from processor.core.model import Entry, RawEntry
 from processor.core.read_pacing import ReadPacer
-from processor.core.redis_io import RedisStreams
+from processor.core.redis_io import RedisStreams, RedisUnavailable
 from processor.core.retry import RedisRetry
 from processor.core.shutdown import Shutdown
 
@@ -93,6 +94,7 @@ class Consumer:
     log: structlog.typing.FilteringBoundLogger
     retry: RedisRetry
     pacer: ReadPacer = attrs.field(factory=lambda: ReadPacer(0.0))
+    read_ahead: int = 0  # ``READ_AHEAD``: reads in flight while a backlog drains
 
     async def run(
         self,
@@ -112,6 +114,25 @@ class Consumer:
                 await self._loop(entries, dead)
             self.health.fail("consumer", "stopped: shutting down")
             self.log.info("consumer stopped reading")
+            await self._finish_reads_ahead(entries, dead)
+
+    async def _finish_reads_ahead(
+        self,
+        entries: trio.MemorySendChannel[list[Entry]],
+        dead: trio.MemorySendChannel[list[DeadLetter]],
+    ) -> None:
+        """Hand on what the reads sent ahead took, so the writers drain it too."""
+        if not self.read_ahead:
+            return
+        try:
+            reads = await self.streams.collect_reads_ahead(self.stream, self.group, self.name)
+        except RedisUnavailable as exc:  # their entries stay pending for the next start
+            self.log.warning("reads ahead not collected", error=str(exc))
+            return
+        for raw in reads:
+            await self._hand_on(raw, entries, dead)
+        if reads:
+            self.log.info("reads ahead handed on", entries=sum(len(raw) for raw in reads))
 
     async def _loop(
         self,
@@ -129,6 +150,7 @@ class Consumer:
                 start,
                 self.read_count,
                 self.block_ms,
+                self.read_ahead,
             )
             self.pacer.read(len(raw), self.read_count)
             if start != ">":
@@ -144,20 +166,37 @@ class Consumer:
                     [r.entry_id for r in raw],
                 )
                 good, bad = self.decoder.split_redelivered(raw, counts, self.stream)
+                await self._send(len(raw), good, bad, entries, dead)
             elif raw:
-                good, bad = self.decoder.split(raw, self.stream)
-            else:
-                continue
-            self.metrics.consumed.inc(len(raw))
-            self.log.debug("consumed", n=len(raw))
-            if bad:
-                for letter in bad:
-                    self.log.error(
-                        "poison record",
-                        entry_id=letter.entry_id,
-                        error_kind=letter.error_kind,
-                        error=letter.error,
-                    )
-                await dead.send(bad)
-            if good:
-                await entries.send(good)
+                await self._hand_on(raw, entries, dead)
+
+    async def _hand_on(
+        self,
+        raw: list[RawEntry],
+        entries: trio.MemorySendChannel[list[Entry]],
+        dead: trio.MemorySendChannel[list[DeadLetter]],
+    ) -> None:
+        good, bad = self.decoder.split(raw, self.stream)
+        await self._send(len(raw), good, bad, entries, dead)
+
+    async def _send(
+        self,
+        n: int,
+        good: list[Entry],
+        bad: list[DeadLetter],
+        entries: trio.MemorySendChannel[list[Entry]],
+        dead: trio.MemorySendChannel[list[DeadLetter]],
+    ) -> None:
+        self.metrics.consumed.inc(n)
+        self.log.debug("consumed", n=n)
+        if bad:
+            for letter in bad:
+                self.log.error(
+                    "poison record",
+                    entry_id=letter.entry_id,
+                    error_kind=letter.error_kind,
+                    error=letter.error,
+                )
+            await dead.send(bad)
+        if good:
+            await entries.send(good)

@@ -8,7 +8,7 @@ exception zoo stays here. Calls cross into asyncio through ``bridge.call`` only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from processor.core import bridge, redis_scripts
 from processor.core.model import RawEntry
+from processor.core.read_ahead import ReadsAhead
 
 # Slack on top of a blocking read's own BLOCK time before the wait counts as a hang.
 _BLOCK_GRACE_S = 5.0
@@ -138,6 +139,9 @@ class RedisStreams:
     # Lua scripts by text, registered on first use; redis-py reloads one by itself when
     # a restarted Redis answers NOSCRIPT.
     _scripts: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False)
+    _reads_ahead: ReadsAhead[list[RawEntry]] = attrs.field(
+        factory=ReadsAhead, init=False, repr=False
+    )
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False) -> RedisStreams:
@@ -172,7 +176,11 @@ class RedisStreams:
         with trio.move_on_after(2) as scope:
             scope.shield = True
             with contextlib.suppress(rexc.RedisError, OSError):
-                await bridge.call(self.client.aclose)
+                await bridge.call(self._close)
+
+    async def _close(self) -> None:  # asyncio side
+        self._reads_ahead.drop()
+        await self.client.aclose()
 
     async def _call(
         self, fn: Any, *args: Any, deadline_s: float = _COMMAND_TIMEOUT_S, **kwargs: Any
@@ -211,18 +219,43 @@ class RedisStreams:
         return True
 
     async def read_group(
-        self, stream: str, group: str, consumer: str, start: str, count: int, block_ms: int
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        start: str,
+        count: int,
+        block_ms: int,
+        ahead: int = 0,
     ) -> list[RawEntry]:
+        """XREADGROUP (shaped by ``_group_reply``). After a full read of new entries the
+        next ``ahead`` reads are on their way to Redis when this returns (``read_ahead``)."""
+
+        def send() -> Awaitable[list[RawEntry]]:
+            return self.client.xreadgroup(  # type: ignore[return-value]
+                group, consumer, {stream: start}, count=count, block=block_ms
+            )
+
         entries: list[RawEntry] = await self._call(
-            self.client.xreadgroup,
-            group,
-            consumer,
-            {stream: start},
-            count=count,
-            block=block_ms,
+            self._reads_ahead.read,
+            (stream, group, consumer, count, block_ms),
+            start,
+            ahead,
+            send,
+            lambda reply: len(reply) >= count,
             deadline_s=block_ms / 1000 + _BLOCK_GRACE_S,
-        )  # shaped by _group_reply
+        )
         return entries
+
+    async def collect_reads_ahead(
+        self, stream: str, group: str, consumer: str, wait_s: float = 1.0
+    ) -> list[list[RawEntry]]:
+        """What this consumer's reads sent ahead took (``ReadsAhead.collect``): for a
+        consumer that stops reading to hand on."""
+        replies: list[list[RawEntry]] = await self._call(
+            self._reads_ahead.collect, (stream, group, consumer), wait_s
+        )
+        return replies
 
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         if not ids:
