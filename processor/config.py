@@ -296,8 +296,8 @@ VARIABLES: tuple[Variable, ...] = (
         _int_range(0, 8),
         "an integer 0-8",
         "While a backlog drains (reads come back full), this many more XREADGROUPs are"
-        " kept in flight, so Redis serves the next reads while one is decoded. 0: one"
-        " read at a time.",
+        " queued on the consumer's connection, so Redis serves the next reads while one"
+        " is decoded (not on a Redis Cluster). 0: one read at a time.",
     ),
     Variable(
         "BATCH_MAX",

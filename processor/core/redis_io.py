@@ -8,7 +8,7 @@ exception zoo stays here. Calls cross into asyncio through ``bridge.call`` only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -139,9 +139,8 @@ class RedisStreams:
     # Lua scripts by text, registered on first use; redis-py reloads one by itself when
     # a restarted Redis answers NOSCRIPT.
     _scripts: dict[str, Any] = attrs.field(factory=dict, init=False, repr=False)
-    _reads_ahead: ReadsAhead[list[RawEntry]] = attrs.field(
-        factory=ReadsAhead, init=False, repr=False
-    )
+    # Reads queued on a connection of their own (``read_ahead``); not on a cluster.
+    _reads_ahead: ReadsAhead | None = attrs.field(default=None, init=False, repr=False)
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False) -> RedisStreams:
@@ -165,6 +164,8 @@ class RedisStreams:
         client.set_response_callback("XREADGROUP", _group_reply)
         client.set_response_callback("XREAD", _read_reply)
         streams = cls(client, url)
+        if isinstance(client, aioredis.Redis):
+            streams._reads_ahead = ReadsAhead(client.connection_pool, _group_reply)
         try:
             await streams.ping()
         except BaseException:
@@ -179,7 +180,8 @@ class RedisStreams:
                 await bridge.call(self._close)
 
     async def _close(self) -> None:  # asyncio side
-        self._reads_ahead.drop()
+        if self._reads_ahead is not None:
+            await self._reads_ahead.close()
         await self.client.aclose()
 
     async def _call(
@@ -228,30 +230,38 @@ class RedisStreams:
         block_ms: int,
         ahead: int = 0,
     ) -> list[RawEntry]:
-        """XREADGROUP (shaped by ``_group_reply``). After a full read of new entries the
-        next ``ahead`` reads are on their way to Redis when this returns (``read_ahead``)."""
-
-        def send() -> Awaitable[list[RawEntry]]:
-            return self.client.xreadgroup(  # type: ignore[return-value]
-                group, consumer, {stream: start}, count=count, block=block_ms
+        """XREADGROUP (shaped by ``_group_reply``). Reading new entries with ``ahead``,
+        a full read leaves that many more queued in Redis (``read_ahead``; not on a
+        cluster, where a read is sent when asked for)."""
+        deadline_s = block_ms / 1000 + _BLOCK_GRACE_S
+        if ahead and start == ">" and self._reads_ahead is not None:
+            queued: list[RawEntry] = await self._call(
+                self._reads_ahead.read,
+                (stream, group, consumer),
+                count,
+                block_ms,
+                ahead,
+                deadline_s=deadline_s,
             )
-
+            return queued
         entries: list[RawEntry] = await self._call(
-            self._reads_ahead.read,
-            (stream, group, consumer, count, block_ms),
-            start,
-            ahead,
-            send,
-            lambda reply: len(reply) >= count,
-            deadline_s=block_ms / 1000 + _BLOCK_GRACE_S,
-        )
+            self.client.xreadgroup,
+            group,
+            consumer,
+            {stream: start},
+            count=count,
+            block=block_ms,
+            deadline_s=deadline_s,
+        )  # shaped by _group_reply
         return entries
 
     async def collect_reads_ahead(
         self, stream: str, group: str, consumer: str, wait_s: float = 1.0
     ) -> list[list[RawEntry]]:
-        """What this consumer's reads sent ahead took (``ReadsAhead.collect``): for a
+        """What this consumer's queued reads took (``ReadsAhead.collect``): for a
         consumer that stops reading to hand on."""
+        if self._reads_ahead is None:
+            return []
         replies: list[list[RawEntry]] = await self._call(
             self._reads_ahead.collect, (stream, group, consumer), wait_s
         )
