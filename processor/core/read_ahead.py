@@ -4,9 +4,9 @@ while this one is decoded.
 Draining a backlog, the consumer read 1,000 entries, decoded them (~3 ms), handed them
 on and only then asked for the next 1,000; the process was idle ~13 % of a drain's wall
 time, the consumer waiting on Redis and a writer waiting for a batch (bench/README.md,
-"Reads ahead"). Sending the next read only when a reply is taken does not fix it: the
-~480 KB reply comes in over several loop turns, each behind the thread's other work,
-so the next command still left late (measured: a Trio task reading ahead, and an
+"Reads queued ahead"). Sending the next read only when a reply is taken does not fix
+it: the ~480 KB reply comes in over several loop turns, each behind the thread's other
+work, so the next command still left late (measured: a Trio task reading ahead, and an
 asyncio-side chain that sent each read as the one before came back, gained nothing).
 
 So after a full read of new entries (``>``), the case where the consumer reads again at
