@@ -1,9 +1,11 @@
-"""Reads kept in flight while a backlog drains (``read_ahead``), against a real Redis.
+"""Reads queued on the reader's connection while a backlog drains (``read_ahead``),
+against a real Redis.
 
-What must hold: every entry is returned exactly once and in id order, reads ahead are
-really in Redis before the caller asks (they show as pending), none are sent for a
-reader that has caught up, and a reader that stops (closing, cancelled) leaves no
-error behind and its entries pending for the next start.
+What must hold: every entry is returned exactly once and in id order, even when the
+caller changes what it asks for; queued reads are really in Redis before the caller
+asks (they show as pending); none are sent for a reader that has caught up; a reader
+that stops gets back what its queued reads took, and one cancelled on a queued read
+loses nothing.
 """
 
 from __future__ import annotations
