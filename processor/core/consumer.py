@@ -10,7 +10,8 @@ cancels the in-flight ``XREADGROUP`` with it: no new reads after the signal.
 
 Under a steady feed reads are spaced by ``READ_PACE_MS`` (``read_pacing``), so entries
 are read in tens per call instead of one per XADD; while a backlog drains, the next
-``READ_AHEAD`` reads are already in flight when a read returns (``read_ahead``).
+``READ_AHEAD`` reads are already queued in Redis when a read returns (``read_ahead``),
+and at shutdown what they took is handed on like any read's.
 
 Backpressure: the write channel is bounded; when the writer is behind, ``send`` blocks
 and the consumer simply does not read, so entries wait in Redis, not in our memory.
@@ -94,7 +95,7 @@ class Consumer:
     log: structlog.typing.FilteringBoundLogger
     retry: RedisRetry
     pacer: ReadPacer = attrs.field(factory=lambda: ReadPacer(0.0))
-    read_ahead: int = 0  # ``READ_AHEAD``: reads in flight while a backlog drains
+    read_ahead: int = 0  # ``READ_AHEAD``: reads queued in Redis while a backlog drains
 
     async def run(
         self,
@@ -121,7 +122,7 @@ class Consumer:
         entries: trio.MemorySendChannel[list[Entry]],
         dead: trio.MemorySendChannel[list[DeadLetter]],
     ) -> None:
-        """Hand on what the reads sent ahead took, so the writers drain it too."""
+        """Hand on what the reads queued ahead took, so the writers drain it too."""
         if not self.read_ahead:
             return
         try:
