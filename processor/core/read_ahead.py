@@ -23,7 +23,9 @@ drain: stopping sends no new reads, but finishes the ones already sent. Should t
 fail (Redis gone, a read still blocked, the budget spent), the connection is closed
 and they stay pending for this consumer name: the next start reads them first, as
 after a crash, and another instance's claimer takes them after ``CLAIM_THRESHOLD_MS``.
-A cancelled read (shutdown, a deadline) closes the connection too, as redis-py does
+A read cancelled halfway (shutdown, a deadline) goes on being read in the background,
+for ``collect`` or the next read; only a read the caller sent itself and found blocked
+(caught up: it took nothing) is cancelled, by closing the connection, as redis-py does
 for any read it abandons.
 """
 
@@ -59,14 +61,27 @@ class ReadsAhead:
             conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
             pipe = self._pipes[reader] = _Pipe(reader, conn)
         pipe.ask(count, block_ms)  # reads already queued keep what they asked for
+        keep = False  # on cancellation: True while reading a reply queued earlier
         try:
             if not pipe.queued:
                 await pipe.send()
+            else:
+                keep = True
             raw = await pipe.take()
+            keep = False
             reply = self._shape(raw)
             if len(reply) >= count:
                 while pipe.queued < depth:
                     await pipe.send()
+        except asyncio.CancelledError:
+            # A read queued before this call may have taken entries: its reply goes on
+            # being read (``take``), for the next read or ``collect``. Cancelled at any
+            # other point, the reader's connection is closed, as redis-py closes one
+            # whose read it abandons: a read this call sent is cancelled in Redis (it
+            # was blocked, the reader having caught up, or what it took stays pending).
+            if not keep:
+                await self._close(reader)
+            raise
         except BaseException:
             await self._close(reader)
             raise
@@ -105,6 +120,7 @@ class ReadsAhead:
         longer be told apart from the next command's."""
         pipe = self._pipes.pop(reader, None)
         if pipe is not None:
+            pipe.drop()
             await pipe.conn.disconnect(nowait=True)
             await self._pool.release(pipe.conn)
 
@@ -117,6 +133,7 @@ class _Pipe:
         self.queued = 0
         self._asked: tuple[int, int] | None = None
         self._command: list[bytes] = []
+        self._taking: asyncio.Future[Any] | None = None  # a reply being read
 
     def ask(self, count: int, block_ms: int) -> None:
         """The read the next ``send`` sends."""
@@ -133,6 +150,17 @@ class _Pipe:
         self.queued += 1
 
     async def take(self) -> Any:
-        raw = await self.conn.read_response()
+        """The oldest queued read's reply. Read on in a task of its own: a caller
+        cancelled halfway leaves it to the next ``take`` instead of half read."""
+        if self._taking is None:
+            self._taking = asyncio.ensure_future(self.conn.read_response())
+        raw = await asyncio.shield(self._taking)
+        self._taking = None
         self.queued -= 1
         return raw
+
+    def drop(self) -> None:
+        if self._taking is not None:
+            self._taking.cancel()
+            # Its error (the connection closed under it) is nobody's to raise.
+            self._taking.add_done_callback(lambda f: f.cancelled() or f.exception())

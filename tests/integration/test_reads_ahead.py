@@ -167,3 +167,24 @@ async def test_a_caller_cancelled_on_a_queued_read_loses_nothing(
         assert _pending(sync_redis, stream_key) == COUNT + 3
     finally:
         await streams.aclose()
+
+
+async def test_a_queued_read_cut_off_by_shutdown_is_still_collected(
+    bridge: None, redis_url: str, stream_key: str, sync_redis: redis.Redis
+) -> None:
+    """Shutdown can cancel the consumer while it reads a queued reply: that read goes on
+    in the background, and ``collect`` returns what it took."""
+    ids = _publish(sync_redis, stream_key, COUNT)
+    sync_redis.xgroup_create(stream_key, "g", id="0")
+    streams = await RedisStreams.connect(redis_url)
+    try:
+        first = await streams.read_group(stream_key, "g", "c", ">", COUNT, 10_000, 1)
+        assert [e.entry_id for e in first] == ids
+        with trio.move_on_after(0.2) as scope:  # the queued read blocks: nothing is left
+            await streams.read_group(stream_key, "g", "c", ">", COUNT, 10_000, 1)
+        assert scope.cancelled_caught
+        later = _publish(sync_redis, stream_key, 1)
+        collected = await streams.collect_reads_ahead(stream_key, "g", "c", wait_s=5)
+        assert [[e.entry_id for e in read] for read in collected] == [later]
+    finally:
+        await streams.aclose()
