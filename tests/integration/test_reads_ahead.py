@@ -4,8 +4,7 @@ against a real Redis.
 What must hold: every entry is returned exactly once and in id order, even when the
 caller changes what it asks for; queued reads are really in Redis before the caller
 asks (they show as pending); none are sent for a reader that has caught up; a reader
-that stops gets back what its queued reads took, and one cancelled on a queued read
-loses nothing.
+that stops gets back what its queued reads took, even one it was cut off reading.
 """
 
 from __future__ import annotations
@@ -143,21 +142,28 @@ async def test_a_stopping_consumer_collects_what_its_reads_ahead_took(
         await streams.aclose()
 
 
+async def _cut_off_on_a_blocked_queued_read(
+    streams: RedisStreams, sync_redis: redis.Redis, stream_key: str
+) -> None:
+    """Read the whole stream with one read queued ahead, then give up (a deadline,
+    shutdown) while reading that queued read, which blocks: nothing is left."""
+    ids = _publish(sync_redis, stream_key, COUNT)
+    sync_redis.xgroup_create(stream_key, "g", id="0")
+    first = await streams.read_group(stream_key, "g", "c", ">", COUNT, 10_000, 1)
+    assert [e.entry_id for e in first] == ids
+    with trio.move_on_after(0.2) as scope:
+        await streams.read_group(stream_key, "g", "c", ">", COUNT, 10_000, 1)
+    assert scope.cancelled_caught
+
+
 async def test_a_caller_cancelled_on_a_queued_read_loses_nothing(
     bridge: None, redis_url: str, stream_key: str, sync_redis: redis.Redis
 ) -> None:
-    """Cancelled while a queued read blocks, the reader's connection is closed: the
-    blocked read took nothing, and the next read gets what comes next."""
-    ids = _publish(sync_redis, stream_key, COUNT)
-    sync_redis.xgroup_create(stream_key, "g", id="0")
+    """The queued read goes on after its caller gave up: the next read gets what it
+    took."""
     streams = await RedisStreams.connect(redis_url)
     try:
-        first = await streams.read_group(stream_key, "g", "c", ">", COUNT, 10_000, 1)
-        assert [e.entry_id for e in first] == ids
-        # The read sent ahead is blocked in Redis: the stream has nothing more.
-        with trio.move_on_after(0.2) as scope:
-            await streams.read_group(stream_key, "g", "c", ">", COUNT, 10_000, 1)
-        assert scope.cancelled_caught
+        await _cut_off_on_a_blocked_queued_read(streams, sync_redis, stream_key)
         later = _publish(sync_redis, stream_key, 3)
         again: list[str] = []
         while len(again) < len(later):  # the first XADD may wake the blocked read alone
@@ -174,15 +180,9 @@ async def test_a_queued_read_cut_off_by_shutdown_is_still_collected(
 ) -> None:
     """Shutdown can cancel the consumer while it reads a queued reply: that read goes on
     in the background, and ``collect`` returns what it took."""
-    ids = _publish(sync_redis, stream_key, COUNT)
-    sync_redis.xgroup_create(stream_key, "g", id="0")
     streams = await RedisStreams.connect(redis_url)
     try:
-        first = await streams.read_group(stream_key, "g", "c", ">", COUNT, 10_000, 1)
-        assert [e.entry_id for e in first] == ids
-        with trio.move_on_after(0.2) as scope:  # the queued read blocks: nothing is left
-            await streams.read_group(stream_key, "g", "c", ">", COUNT, 10_000, 1)
-        assert scope.cancelled_caught
+        await _cut_off_on_a_blocked_queued_read(streams, sync_redis, stream_key)
         later = _publish(sync_redis, stream_key, 1)
         collected = await streams.collect_reads_ahead(stream_key, "g", "c", wait_s=5)
         assert [[e.entry_id for e in read] for read in collected] == [later]
