@@ -86,8 +86,7 @@ class ReadsAhead:
             await self._close(reader)
             raise
         if not pipe.queued:  # caught up: the connection goes back to the pool
-            self._pipes.pop(reader)
-            await self._pool.release(pipe.conn)
+            await self._release(reader)
         return reply
 
     async def collect(self, reader: Reader, wait_s: float) -> list[list[RawEntry]]:
@@ -106,14 +105,17 @@ class ReadsAhead:
         except Exception:  # timed out, or a read failed: what it took stays pending
             await self._close(reader)
             return replies
-        self._pipes.pop(reader)
-        await self._pool.release(pipe.conn)
+        await self._release(reader)
         return replies
 
     async def close(self) -> None:
         """Close every reader's connection (the client is closing)."""
         for reader in list(self._pipes):
             await self._close(reader)
+
+    async def _release(self, reader: Reader) -> None:
+        """Back to the pool: nothing is queued on it any more."""
+        await self._pool.release(self._pipes.pop(reader).conn)
 
     async def _close(self, reader: Reader) -> None:
         """Drop a reader's connection with whatever is queued on it: its replies can no
