@@ -110,8 +110,10 @@ SELECT count(*), md5(coalesce(string_agg(
 FROM positions
 """
 
-TARGET_COPY_RATIO = 0.40
-TARGET_NAIVE_RATIO = 10.0
+# Issue 6's targets, which replaced issue 2's first ones (0.40 of the ceiling, 10x naive)
+# once the pipeline met those: what every table and summary judges a run against.
+TARGET_COPY_RATIO = 0.60
+TARGET_NAIVE_RATIO = 25.0
 
 # Rally country: start points scattered over Albania.
 _LAT = (39.8, 42.5)
