@@ -309,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
         f"env {env or 'defaults'}; {machine()['cpu_count']} CPUs, "
         f"load average {result['machine']['load_average'][0]:.2f}",
         f"command: python -m bench.profile --records {args.records} --devices {args.devices}"
+        + (f" --rate {args.rate}" if args.rate != 250 else "")
+        + (" --race" if args.race else "")
         + (" --distinct" if args.distinct else "")
         + (" --prefill" if args.prefill else "")
         + (" --live" if args.live else "")
