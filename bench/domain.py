@@ -26,7 +26,7 @@ processes busy at once slow each other on this machine whatever their niceness, 
 bench/README.md): the drain rate is the pipeline's alone, "timing written through" is
 counted from the timing instance's ``ready``. The restart phase restarts that instance.
 
-Prints a table; JSON: ``bench/results/domain.json`` (``domain_timing_<mode>.json``).
+Prints a table; JSON: ``bench/results/domain.json`` (``domain_timing_<mode>.json``; ``--out``).
 
     python -m bench.domain [--steps 60] [--rounds 3] [--quick] [--timing-instance MODE]
 """
@@ -39,6 +39,7 @@ import sys
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -258,7 +259,8 @@ def pipeline(
     caught_up: list[float] = []
     recomputes: list[dict[str, float]] = []
     restarts: list[dict[str, Any]] = []
-    cpu: list[dict[str, float]] = []
+    cpu: list[dict[str, float]] = []  # % of a core while draining, domain on / off
+    cpu_off: list[dict[str, float]] = []
     on_us: list[float] = []  # the pipeline process's CPU per record, domain on / off
     off_us: list[float] = []
     for round_ in range(rounds):
@@ -289,12 +291,14 @@ def pipeline(
         unmapped = sb.drain(fields, {**env, "DOMAIN_ENABLED": "false"}, label="domain-off")
         off.append(unmapped["records_per_s"])
         off_us.append(_pipeline_us(unmapped))
+        cpu_off.append(unmapped["cpu_percent"])
     ratios = [a / b for a, b in zip(on, off, strict=True)]
     return {
         "records": len(fields),
         "rounds": rounds,
         "timing_instance": timing_instance,
         "domain_on_cpu_percent": cpu,
+        "domain_off_cpu_percent": cpu_off,
         "pipeline_cpu_us_per_record_on": on_us,
         "pipeline_cpu_us_per_record_off": off_us,
         "domain_on_records_per_s": on,
@@ -337,6 +341,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="20 steps, 1 round")
     parser.add_argument(
+        "--out", default="", help="JSON (bench/results/domain.json, domain_timing_<mode>.json)"
+    )
+    parser.add_argument(
         "--timing-instance",
         choices=("beside", "after"),
         default="",
@@ -367,11 +374,12 @@ def main() -> int:
             ["pipeline, domain on", fmt_spread(spread(piped["domain_on_records_per_s"]), " rec/s"),
              f"{piped['records']:,} records, {piped['rounds']} round(s)"
              + (f", timing instance {args.timing_instance}" if args.timing_instance else "")],
-            ["CPU while draining, domain on", ", ".join(
-                f"{k} {spread([c[k] for c in piped['domain_on_cpu_percent']])['median']:.0f}%"
-                for k in piped["domain_on_cpu_percent"][0]), "% of one core, median"],
+            ["CPU while draining, domain on", cpu_shares(piped["domain_on_cpu_percent"]),
+             "% of one core, median"],
             ["pipeline, domain off", fmt_spread(spread(piped["domain_off_records_per_s"]),
                                                 " rec/s"), "DOMAIN_ENABLED=false"],
+            ["CPU while draining, domain off", cpu_shares(piped["domain_off_cpu_percent"]),
+             "% of one core, median"],
             ["pipeline CPU, domain on / off",
              f"{fmt_spread(spread(piped['pipeline_cpu_us_per_record_on']), '', 1)} / "
              f"{fmt_spread(spread(piped['pipeline_cpu_us_per_record_off']), ' µs/record', 1)}",
@@ -392,10 +400,14 @@ def main() -> int:
         ],
     )  # fmt: skip
     suffix = f"_timing_{args.timing_instance}" if args.timing_instance else ""
-    out = RESULTS_DIR / f"domain{suffix}.json"
+    out = Path(args.out) if args.out else RESULTS_DIR / f"domain{suffix}.json"
     write_json(out, {"machine": machine(), "hot_path": hot, "pipeline": piped})
-    print(f"results written to {out}")
     return 0
+
+
+def cpu_shares(rounds: list[dict[str, float]]) -> str:
+    """Each process's median share of a core over the rounds: ``processor 73%, ...``."""
+    return ", ".join(f"{k} {spread([c[k] for c in rounds])['median']:.0f}%" for k in rounds[0])
 
 
 if __name__ == "__main__":
