@@ -259,7 +259,7 @@ def pipeline(
     caught_up: list[float] = []
     recomputes: list[dict[str, float]] = []
     restarts: list[dict[str, Any]] = []
-    cpu: list[dict[str, float]] = []  # % of a core while draining, domain on / off
+    cpu: list[dict[str, float]] = []  # % of a core while draining, domain on (and off)
     cpu_off: list[dict[str, float]] = []
     on_us: list[float] = []  # the pipeline process's CPU per record, domain on / off
     off_us: list[float] = []
