@@ -47,7 +47,7 @@ from bench.run import publish, redis_cpu_seconds
 from processor.cli import _tune_gc as tune_gc
 from processor.core import bridge
 from processor.core.model import RawEntry
-from processor.core.redis_io import RedisStreams, _group_reply, c_packed
+from processor.core.redis_io import RedisStreams, _group_reply, tuned_client
 
 Drain = Callable[[str, str, str, int, int], Awaitable[None]]
 
@@ -68,7 +68,7 @@ async def drain_bridge(url: str, stream: str, group: str, n: int, count: int) ->
 
 async def drain_thread(url: str, stream: str, group: str, n: int, count: int) -> None:
     """The same reads and acks, each command in a worker thread."""
-    client = c_packed(redis.Redis.from_url(url))  # type: ignore[arg-type]
+    client = tuned_client(redis.Redis.from_url(url))  # type: ignore[arg-type]
     client.set_response_callback("XREADGROUP", _group_reply)
     try:
         await trio.to_thread.run_sync(

@@ -113,13 +113,31 @@ class _CPacking:
             return super().pack_command(*args)  # type: ignore[misc, no-any-return]
 
 
-def c_packed(client: aioredis.Redis) -> aioredis.Redis:
+# What a connection's asyncio ``StreamReader`` buffers before asyncio stops reading its
+# socket (it pauses at twice this). asyncio's default, 64 KiB, paused and resumed the
+# socket several times per 1,000-entry reply (~480 KB), and under trio-asyncio every
+# resume adds the socket's reader again as a Trio task of its own. Replies are bounded
+# by READ_COUNT, so a connection buffers at most ~2 MiB, and only while it is read late.
+READER_LIMIT = 1 << 20
+
+
+class _WholeReplies:
+    """Connections whose ``StreamReader`` takes a large reply without pausing the socket
+    (``READER_LIMIT``). TCP and TLS connections: redis-py opens a Unix socket without
+    the arguments this extends, so those keep asyncio's default."""
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        return {**super()._connection_arguments(), "limit": READER_LIMIT}  # type: ignore[misc]
+
+
+def tuned_client(client: aioredis.Redis) -> aioredis.Redis:
     """``client`` with its connections (TCP, TLS or Unix socket, as its URL chose)
-    packing commands in C; to be called before its first command."""
+    packing commands in C and reading whole replies (``_WholeReplies``); to be called
+    before its first command."""
     pool = client.connection_pool
     base = pool.connection_class
     if not issubclass(base, _CPacking):
-        pool.connection_class = type(f"CPacked{base.__name__}", (_CPacking, base), {})
+        pool.connection_class = type(f"Tuned{base.__name__}", (_CPacking, _WholeReplies, base), {})
     return client
 
 
@@ -156,7 +174,7 @@ class RedisStreams:
                 health_check_interval=0,
             )
         else:
-            client = c_packed(
+            client = tuned_client(
                 aioredis.Redis.from_url(
                     url, socket_connect_timeout=5, socket_keepalive=True, health_check_interval=0
                 )

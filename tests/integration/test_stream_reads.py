@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import redis
 
+from processor.core.bridge import call
 from processor.core.model import RawEntry
-from processor.core.redis_io import RedisStreams, _group_reply, _read_reply
+from processor.core.redis_io import READER_LIMIT, RedisStreams, _group_reply, _read_reply
 
 
 async def test_group_reads_keep_every_field_and_show_trimmed_entries_empty(
@@ -50,3 +51,26 @@ def test_both_protocols_reply_shapes_are_read_alike() -> None:
     assert (
         _read_reply(resp2) == _read_reply(resp3) == [("s", e.entry_id, e.fields) for e in expected]
     )
+
+
+async def test_a_connection_reads_a_whole_reply_without_pausing(
+    bridge: None, redis_url: str
+) -> None:
+    """What redis-py does with ``redis_io.READER_LIMIT``: the connection's asyncio
+    ``StreamReader`` gets it, so a 1,000-entry reply (~480 KB) does not pause the
+    socket. Private attributes of redis-py and asyncio, pinned by the lock: this fails
+    if either stops honouring the argument."""
+    streams = await RedisStreams.connect(redis_url)
+    pool = streams.client.connection_pool
+
+    async def limit_of_a_connection() -> int:
+        connection = await pool.get_connection()
+        try:
+            return int(connection._reader._limit)
+        finally:
+            await pool.release(connection)
+
+    try:
+        assert await call(limit_of_a_connection) == READER_LIMIT
+    finally:
+        await streams.aclose()

@@ -1,4 +1,5 @@
-"""The C packer the processor's Redis connections use sends what redis-py's would."""
+"""The processor's Redis connections: the C packer sends what redis-py's would, and
+TCP and TLS connections ask for a reader that takes a large reply whole."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 
-from processor.core.redis_io import c_packed
+from processor.core.redis_io import READER_LIMIT, tuned_client
 
 arguments = st.one_of(
     st.text(),
@@ -26,7 +27,7 @@ commands = st.sampled_from(
 
 
 def _connections(url: str) -> tuple[Any, Connection]:
-    client = c_packed(aioredis.Redis.from_url(url))
+    client = tuned_client(aioredis.Redis.from_url(url))
     pool = client.connection_pool
     return pool.connection_class(**pool.connection_kwargs), Connection()
 
@@ -58,7 +59,7 @@ def test_the_transport_the_url_chose_is_kept(url: str, kind: str) -> None:
     packed, _ = _connections(url)
     assert kind in [cls.__name__ for cls in type(packed).__mro__]
     assert hasattr(packed, "pack_command")
-    again = c_packed(c_packed(aioredis.Redis.from_url(url)))
+    again = tuned_client(tuned_client(aioredis.Redis.from_url(url)))
     assert again.connection_pool.connection_class.__mro__[1].__name__ == "_CPacking"
 
 
@@ -73,3 +74,9 @@ def test_the_c_packer_does_the_work(monkeypatch: pytest.MonkeyPatch) -> None:
     wire = b"".join(packed.pack_command("XACK", "telemetry:teltonika", "processor", *ids))
     assert wire.startswith(b"*1003\r\n$4\r\nXACK\r\n")
     assert wire.endswith(b"$17\r\n1764662400000-999\r\n")
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6379/0"])
+def test_tcp_and_tls_connections_ask_for_the_larger_reader(url: str) -> None:
+    packed, _ = _connections(url)
+    assert packed._connection_arguments()["limit"] == READER_LIMIT
