@@ -287,9 +287,14 @@ async def _fetch_all(
 
 async def _copy_direct(conn: psycopg.AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> bool:
     """COPY the batch into ``positions``: True if every row went in, False (nothing went
-    in) if one's key was already stored or appeared twice in the batch."""
+    in) if one's key was already stored or appeared twice in the batch.
+
+    No ``BEGIN`` / ``COMMIT`` around it: the connection is in autocommit, so the COPY is
+    a transaction of its own, all rows or none, committed (its WAL flushed) before it
+    returns. The two statements were two more round trips per batch: 1,233 -> 991 ns
+    of client CPU per row without them (2,000-row COPYs, six interleaved runs)."""
     try:
-        async with conn.transaction(), conn.cursor() as cur:
+        async with conn.cursor() as cur:
             _copy_adapters(cur)
             async with cur.copy(COPY_DIRECT) as copy:
                 copy.set_types(COPY_DUMP_TYPES)
